@@ -1,0 +1,70 @@
+"""The built-in default: the synthetic chest X-ray set, small towers, minutes on 2 CPU cores.
+
+  python -m jimte.main --config configs/default.py --workdir workdirs/default
+  python -m jimte.main --config configs/default.py:runlocal --workdir /tmp/smoke   # seconds-long smoke run
+Any field can be overridden with --config.<key>=<value>; an unknown key is an error naming it.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+from jimte.models.joimternet import small_model_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, runlocal=False)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # ----- Data: the deterministic phantom generator, served through tf.data.
+  c.data = ml_collections.ConfigDict(dict(
+      source="synthetic",          # synthetic | tfds
+      tfds_name="", tfds_config="", tfds_data_dir="",  # for source=tfds (data_pipeline/builders)
+      train_split="train", eval_split="test",
+      num_train=3000, num_eval=300,  # synthetic only
+      phantom_size=128,              # size the phantoms are drawn at
+      seed=0,
+      augment=True,
+  ))
+  c.image_size = 128
+  c.tokenizer = ml_collections.ConfigDict(dict(
+      vocab_size=800, max_len=64, model_type="unigram",
+      path="",   # an existing tokenizer dir; empty = train one on the train split's reports
+  ))
+
+  # ----- Model.
+  c.model = small_model_config()
+  c.model.text.max_len = c.tokenizer.get_ref("max_len")
+
+  # ----- Objective and optimizer.
+  c.loss = common.loss_config()
+  c.optim = common.optim_config()
+  c.optim.learning_rate = 1e-3
+  c.optim.schedule = "warmup_cosine"
+  c.optim.warmup_epochs = 1.0
+
+  # ----- Schedule of the run (durations in epochs of the train split, resolved in one place).
+  c.batch_size = 32              # global batch
+  c.num_epochs = 8.0
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 200
+  c.keep_checkpoints = 2
+  c.check_finite_every_steps = 1
+
+  # ----- Parallelism.
+  c.mesh = common.mesh_config()
+
+  # ----- Evaluators, chosen by name.
+  c.evals = ml_collections.ConfigDict(dict(
+      retrieval=dict(split="test", ks=(1, 5, 10), scores=("global", "local", "combined")),
+      attention_png=dict(split="test", num_pairs=4, words_per_pair=4),
+  ))
+
+  if args.runlocal:
+    c.data.num_train, c.data.num_eval = 128, 64
+    c.num_epochs = 1.0
+    c.batch_size = 16
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 4
+  return c

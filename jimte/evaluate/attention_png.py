@@ -1,0 +1,89 @@
+"""A PNG of word->region attention: for a few held-out pairs, the X-ray with the attention of its
+best-matched words overlaid (the second softmax of losses.md, alpha[k, r], upsampled to the image).
+
+The words shown are the report's tokens with the highest matching term cos(E_k, c_k), i.e. the words
+the model grounds most confidently; ground-truth boxes are drawn when the split carries them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from jimte import losses
+
+
+def word_attention_for_pairs(encoded: Mapping[str, np.ndarray], rows: np.ndarray, gamma1: float):
+  """alpha [n, T, H, W] and per-word match cos(E_k, c_k) [n, T] for the matched pairs `rows`."""
+  regions = encoded["regions"][rows]
+  n, h, w, d = regions.shape
+  flat = jnp.asarray(regions.reshape(n, h * w, d))
+  words = jnp.asarray(encoded["words"][rows])
+  mask = jnp.asarray(encoded["word_mask"][rows])
+  alpha = np.asarray(losses.word_region_attention(flat, words, mask, gamma1))  # [n, T, R]
+  context = np.einsum("ntr,nrd->ntd", alpha, np.asarray(flat))
+  w_np = np.asarray(words)
+  cos = (context * w_np).sum(-1) / np.maximum(
+      np.linalg.norm(context, axis=-1) * np.linalg.norm(w_np, axis=-1), 1e-8)
+  cos = np.where(np.asarray(mask), cos, -np.inf)
+  return alpha.reshape(n, -1, h, w), cos
+
+
+def save_attention_png(path: str, encoded: Mapping[str, np.ndarray], tokenizer, *, gamma1: float,
+                       num_pairs: int = 4, words_per_pair: int = 4,
+                       boxes: Mapping[int, list[tuple[str, tuple[float, float, float, float]]]] | None = None) -> str:
+  """Writes the figure to `path` and returns it. `encoded` must hold 'image' and 'image_index'."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from matplotlib.patches import Rectangle
+
+  images = encoded["image"][:num_pairs]
+  rows = np.searchsorted(encoded["index"], encoded["image_index"][:num_pairs])
+  alpha, match = word_attention_for_pairs(encoded, rows, gamma1)
+  n = len(rows)
+  cols = 1 + words_per_pair
+  fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.8 * n), squeeze=False)
+  for i in range(n):
+    img = (images[i, ..., 0] + 1.0) / 2.0
+    size = img.shape[0]
+    tokens = encoded["tokens"][rows[i]]
+    pieces = [tokenizer.id_to_piece(int(t)) for t in tokens[1:]]
+    report = tokenizer.decode(tokens[None])[0]
+    top = np.argsort(-match[i])[:words_per_pair]
+    axes[i, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
+    axes[i, 0].set_title(_wrap(report, 40), fontsize=6, loc="left")
+    for j, k in enumerate(top):
+      ax = axes[i, 1 + j]
+      ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+      ax.imshow(alpha[i, k], cmap="jet", alpha=0.45, extent=(0, size, size, 0), interpolation="bilinear")
+      ax.set_title(f"'{pieces[k]}'  cos={match[i, k]:.2f}", fontsize=7)
+    if boxes:
+      for finding, (y0, x0, y1, x1) in boxes.get(int(encoded["image_index"][i]), []):
+        for ax in axes[i]:
+          ax.add_patch(Rectangle((x0 * size, y0 * size), (x1 - x0) * size, (y1 - y0) * size,
+                                 fill=False, edgecolor="lime", linewidth=0.8))
+        axes[i, 0].text(x0 * size, y0 * size, finding, color="lime", fontsize=5)
+    for ax in axes[i]:
+      ax.set_xticks([])
+      ax.set_yticks([])
+  fig.suptitle("word -> region attention (alpha) on held-out pairs; green: ground-truth boxes", fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _wrap(text: str, width: int, max_lines: int = 6) -> str:
+  words, lines, line = text.split(), [], ""
+  for word in words:
+    if len(line) + len(word) + 1 > width:
+      lines.append(line)
+      line = word
+    else:
+      line = f"{line} {word}".strip()
+  lines.append(line)
+  return "\n".join(lines[:max_lines]) + ("..." if len(lines) > max_lines else "")
