@@ -27,6 +27,10 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)   # orbax and TF are chatty at INFO
+  logging.getLogger("jimte").setLevel(logging.INFO)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import jax
   if FLAGS.coordinator_address or os.environ.get("JIMTE_MULTIPROCESS"):
     # CPU collectives across processes (localhost tests); ignored by TPU/GPU backends.

@@ -31,10 +31,43 @@ def word_attention_for_pairs(encoded: Mapping[str, np.ndarray], rows: np.ndarray
   return alpha.reshape(n, -1, h, w), cos
 
 
+STOPWORDS = frozenset(
+    "the a an and or of in on at to is are was were be been with without no not there this that as "
+    "for from by its it within normal limits seen noted prior study comparison views view chest".split())
+
+
+def group_words(pieces: list[str]) -> list[list[int]]:
+  """Groups SentencePiece pieces into whole words (a piece starting with U+2581 starts a word)."""
+  words: list[list[int]] = []
+  for k, piece in enumerate(pieces):
+    if piece.startswith("\u2581") or not words:
+      words.append([k])
+    else:
+      words[-1].append(k)
+  return words
+
+
+def pick_words(pieces: list[str], match: np.ndarray, count: int) -> list[tuple[str, list[int], float]]:
+  """The `count` content words with the best matching term (max over their pieces)."""
+  chosen = []
+  for group in group_words(pieces):
+    text = "".join(pieces[k] for k in group).replace("\u2581", "").strip(".,;:")
+    scores = match[group]
+    if not np.isfinite(scores).any() or len(text) < 3 or text in STOPWORDS or text.startswith("<"):
+      continue
+    chosen.append((text, group, float(np.max(scores))))
+  chosen.sort(key=lambda item: -item[2])
+  return chosen[:count]
+
+
 def save_attention_png(path: str, encoded: Mapping[str, np.ndarray], tokenizer, *, gamma1: float,
                        num_pairs: int = 4, words_per_pair: int = 4,
                        boxes: Mapping[int, list[tuple[str, tuple[float, float, float, float]]]] | None = None) -> str:
-  """Writes the figure to `path` and returns it. `encoded` must hold 'image' and 'image_index'."""
+  """Writes the figure to `path` and returns it. `encoded` must hold 'image' and 'image_index'.
+
+  Each panel shows one whole word of the report (its pieces' attention averaged), chosen among the
+  report's content words by the best matching term cos(E_k, c_k).
+  """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -45,21 +78,21 @@ def save_attention_png(path: str, encoded: Mapping[str, np.ndarray], tokenizer, 
   alpha, match = word_attention_for_pairs(encoded, rows, gamma1)
   n = len(rows)
   cols = 1 + words_per_pair
-  fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.8 * n), squeeze=False)
+  fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.9 * n), squeeze=False)
   for i in range(n):
     img = (images[i, ..., 0] + 1.0) / 2.0
     size = img.shape[0]
     tokens = encoded["tokens"][rows[i]]
     pieces = [tokenizer.id_to_piece(int(t)) for t in tokens[1:]]
     report = tokenizer.decode(tokens[None])[0]
-    top = np.argsort(-match[i])[:words_per_pair]
     axes[i, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
-    axes[i, 0].set_title(_wrap(report, 40), fontsize=6, loc="left")
-    for j, k in enumerate(top):
+    axes[i, 0].set_title(_wrap(report, 42), fontsize=5.5, loc="left")
+    for j, (word, group, score) in enumerate(pick_words(pieces, match[i], words_per_pair)):
       ax = axes[i, 1 + j]
       ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-      ax.imshow(alpha[i, k], cmap="jet", alpha=0.45, extent=(0, size, size, 0), interpolation="bilinear")
-      ax.set_title(f"'{pieces[k]}'  cos={match[i, k]:.2f}", fontsize=7)
+      heat = alpha[i, group].mean(axis=0)
+      ax.imshow(heat, cmap="jet", alpha=0.45, extent=(0, size, size, 0), interpolation="bilinear")
+      ax.set_title(f"'{word}'  cos={score:.2f}", fontsize=7)
     if boxes:
       for finding, (y0, x0, y1, x1) in boxes.get(int(encoded["image_index"][i]), []):
         for ax in axes[i]:
@@ -69,6 +102,8 @@ def save_attention_png(path: str, encoded: Mapping[str, np.ndarray], tokenizer, 
     for ax in axes[i]:
       ax.set_xticks([])
       ax.set_yticks([])
+      if not ax.images:
+        ax.axis("off")
   fig.suptitle("word -> region attention (alpha) on held-out pairs; green: ground-truth boxes", fontsize=9)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -22,7 +22,6 @@ def _retrieval(cfg, *, config, encoded, data, workdir) -> dict[str, float]:
       row = "  ".join(f"R@{k} {100 * results[f'{score}/{direction}_R@{k}']:5.1f}%" for k in cfg.ks)
       lines.append(f"  {score:8s} {direction}: {row}")
   lines.append("  chance      : " + "  ".join(f"R@{k} {100 * results[f'chance_R@{k}']:5.1f}%" for k in cfg.ks))
-  log.info("\n".join(lines))
   print("\n".join(lines), flush=True)
   return results
 
