@@ -1,0 +1,317 @@
+"""jimte.parallel: mesh and sharding rules (in this process), and the sharded ITM objective against the
+single-device `losses.itm_loss` on 8 simulated CPU devices (in a subprocess: the device-count flag
+must be set before jax is imported, and the rest of the suite runs with one device)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
+
+from configs import common
+from jimte import losses, parallel
+
+REPO = Path(__file__).resolve().parents[1]
+TOL = 1e-5  # float32, relative (see _parallel_checks.rel: max |a - b| / max |b|)
+HYPER = dict(gamma1=4.0, gamma2=5.0, gamma3=10.0, sentence_margin=0.5, word_margin=0.5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Mesh.
+# ----------------------------------------------------------------------------------------------------
+
+def test_resolve_axis_sizes_fills_the_free_axis():
+  assert parallel.resolve_axis_sizes((("data", -1), ("fsdp", 2)), 8) == [("data", 4), ("fsdp", 2)]
+  assert parallel.resolve_axis_sizes({"data": 2, "fsdp": -1, "model": 2}, 8) == [
+      ("data", 2), ("fsdp", 2), ("model", 2)]
+
+
+@pytest.mark.parametrize("axes, devices, message", [
+    ((("data", -1), ("fsdp", -1)), 8, "at most one"),
+    ((("data", -1), ("fsdp", 3)), 8, "not divisible"),
+    ((("data", 2), ("fsdp", 2)), 8, "hold 4 devices"),
+    ((("data", 0),), 8, "positive"),
+    ((("data", -1), ("data", 1)), 8, "repeated"),
+])
+def test_resolve_axis_sizes_rejects_bad_layouts(axes, devices, message):
+  with pytest.raises(ValueError, match=message):
+    parallel.resolve_axis_sizes(axes, devices)
+
+
+def test_make_mesh_from_the_default_config():
+  mesh = parallel.make_mesh(common.mesh_config())
+  assert mesh.axis_names == ("data", "fsdp")
+  assert dict(mesh.shape) == {"data": jax.device_count(), "fsdp": 1}
+  assert tuple(mesh.axis_types) == (jax.sharding.AxisType.Auto,) * 2
+
+
+def test_make_mesh_options():
+  explicit = parallel.make_mesh(dict(axes=(("data", -1),), axis_types="explicit"))
+  assert tuple(explicit.axis_types) == (jax.sharding.AxisType.Explicit,)
+  with pytest.raises(ValueError, match="axis_types"):
+    parallel.make_mesh(dict(axes=(("data", -1),), axis_types="manual-ish"))
+  with pytest.raises(ValueError, match="dcn_axes name unknown"):
+    parallel.make_mesh(dict(axes=(("data", -1),), dcn_axes=(("replica", 2),)))
+
+
+def test_batch_sharding_splits_the_leading_dim_over_data_axes():
+  mesh = parallel.make_mesh(dict(axes=(("data", -1), ("fsdp", 1), ("model", 1))))
+  assert parallel.batch_sharding(mesh).spec == P(("data", "fsdp"))
+  assert parallel.batch_sharding(mesh, ("data",)).spec == P(("data",))
+  assert parallel.num_batch_shards(mesh) == jax.device_count()
+  with pytest.raises(ValueError, match="none of the batch axes"):
+    parallel.batch_sharding(mesh, ("replica",))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parameter sharding rules.
+# ----------------------------------------------------------------------------------------------------
+
+def _shapes(tree):
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32), tree,
+                      is_leaf=lambda s: isinstance(s, tuple))
+
+
+FAKE_PARAMS = _shapes({
+    "image": {"stem": {"kernel": (7, 7, 1, 64)},                  # 3136 elements: small
+              "block0": {"conv": {"kernel": (3, 3, 64, 64)}},     # 36864: fsdp on a 64
+              "head": {"kernel": (510, 256), "bias": (256,)}},     # 510 % 4 != 0: fsdp on dim 1
+    "text": {"embed": {"embedding": (30000, 128)},
+             "layers": [{"attn": {"query": {"kernel": (128, 128)}}}, {"mlp": {"kernel": (64, 64)}}]},
+    "odd": (3, 5, 7, 11, 13),                                        # large, nothing divisible
+})
+
+
+def test_tree_paths_join_keys_and_indices():
+  paths = jax.tree.leaves(parallel.tree_paths(FAKE_PARAMS))
+  assert "image/head/kernel" in paths
+  assert "text/layers/0/attn/query/kernel" in paths
+  assert "text/layers/1/mlp/kernel" in paths
+  assert "odd" in paths
+
+
+def test_param_specs_rules_then_automatic_fsdp():
+  mesh = AbstractMesh((2, 4, 2), ("data", "fsdp", "model"))
+  rules = [(r"attn/.*/kernel$", (None, "model")),
+           (r"embed/embedding$", ("model", "fsdp")),
+           (r"bias$", ()),
+           (r"attn/.*", ("fsdp",))]  # never reached for the query kernel: first match wins
+  specs = parallel.param_specs(FAKE_PARAMS, mesh, rules, fsdp_min_size=4096)
+  flat = dict(zip(jax.tree.leaves(parallel.tree_paths(FAKE_PARAMS)),
+                  jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))))
+  assert flat["text/layers/0/attn/query/kernel"] == P(None, "model")
+  assert flat["text/embed/embedding"] == P("model", "fsdp")
+  assert flat["image/head/bias"] == P()
+  assert flat["image/stem/kernel"] == P()                       # below fsdp_min_size
+  assert flat["image/block0/conv/kernel"] == P(None, None, "fsdp")  # largest divisible, first of ties
+  assert flat["image/head/kernel"] == P(None, "fsdp")           # 510 not divisible by 4
+  assert flat["text/layers/1/mlp/kernel"] == P("fsdp")           # 4096 elements: at the threshold
+  assert flat["odd"] == P()
+
+
+def test_param_specs_without_fsdp_axis_replicate():
+  mesh = AbstractMesh((8,), ("data",))
+  specs = parallel.param_specs(FAKE_PARAMS, mesh, fsdp_min_size=1)
+  assert all(s == P() for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)))
+
+
+@pytest.mark.parametrize("rule, message", [
+    ((r"head/kernel", ("tensor",)), "no mesh axis 'tensor'"),
+    ((r"head/kernel", ("fsdp",)), "not divisible"),
+    ((r"head/bias", (None, "fsdp")), "more entries"),
+    ((r"head/kernel", ("fsdp", "fsdp")), "twice"),
+])
+def test_param_specs_reject_bad_rules(rule, message):
+  mesh = AbstractMesh((2, 4), ("data", "fsdp"))
+  with pytest.raises(ValueError, match=message):
+    parallel.param_specs(FAKE_PARAMS, mesh, [rule])
+
+
+def test_param_shardings_on_a_real_mesh_and_config_rules():
+  mesh = parallel.make_mesh(common.mesh_config())
+  shardings = parallel.param_shardings(FAKE_PARAMS, mesh, [(r"bias$", ())], fsdp_min_size=1)
+  leaves = jax.tree.leaves(shardings)
+  assert len(leaves) == len(jax.tree.leaves(FAKE_PARAMS))
+  assert all(isinstance(s, jax.sharding.NamedSharding) and s.mesh == mesh for s in leaves)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The sharded objective in this process (a one-device mesh: the shard_map path with d = 1).
+# ----------------------------------------------------------------------------------------------------
+
+def _inputs(batch=6, regions=4, words=5, dim=8, seed=0):
+  rng = np.random.default_rng(seed)
+  valid = rng.integers(1, words + 1, size=batch)
+  return (jnp.asarray(rng.standard_normal((batch, dim)), jnp.float32),
+          jnp.asarray(rng.standard_normal((batch, dim)), jnp.float32),
+          jnp.asarray(rng.standard_normal((batch, regions, dim)), jnp.float32),
+          jnp.asarray(rng.standard_normal((batch, words, dim)), jnp.float32),
+          jnp.asarray(np.arange(words)[None] < valid[:, None]))
+
+
+@pytest.mark.parametrize("local_pairs", ["global", "device"])
+def test_one_device_mesh_matches_itm_loss_values_and_grads(local_pairs):
+  mesh = parallel.make_mesh(dict(axes=(("data", -1), ("fsdp", 1))), devices=jax.devices()[:1])
+  img, txt, regions, words, mask = _inputs()
+  neg = losses.sample_negatives(jax.random.key(0), img.shape[0])
+  study = jnp.asarray([0, 1, 1, 2, 3, 3], jnp.int32)
+  sharded = parallel.sharded_itm_loss(mesh, local_pairs=local_pairs, **HYPER)
+
+  def grads(fn):
+    return jax.jit(jax.value_and_grad(lambda *a: fn(*a, mask, neg, study), argnums=(0, 1, 2, 3),
+                                      has_aux=True))(img, txt, regions, words)
+
+  (total, terms), g = grads(sharded)
+  (ref_total, ref_terms), ref_g = grads(
+      lambda *a: losses.itm_loss(*a[:5], a[5], study_ids=a[6], **HYPER))
+  assert sorted(terms) == sorted(losses.TERM_NAMES)
+  np.testing.assert_allclose(float(total), float(ref_total), rtol=TOL)
+  for name in losses.TERM_NAMES:
+    np.testing.assert_allclose(float(terms[name]), float(ref_terms[name]), rtol=TOL, err_msg=name)
+  for a, b in zip(g, ref_g):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL * float(jnp.max(jnp.abs(b))))
+
+
+def test_sharded_itm_loss_validates_its_arguments():
+  mesh = parallel.make_mesh(common.mesh_config())
+  with pytest.raises(ValueError, match="local_pairs"):
+    parallel.sharded_itm_loss(mesh, local_pairs="host")
+  with pytest.raises(ValueError, match="unknown ITM terms"):
+    parallel.sharded_itm_loss(mesh, weights={"word_ce": 1.0})
+  fn = parallel.sharded_itm_loss(mesh)
+  img, txt, regions, words, mask = _inputs()
+  with pytest.raises(ValueError, match="neg_idx is needed"):
+    fn(img, txt, regions, words, mask, None)
+  with pytest.raises(ValueError, match="regions is needed"):
+    fn(img, txt, None, words, mask, jnp.zeros(6, jnp.int32))
+  with pytest.raises(ValueError, match="'hardest'"):
+    fn(img, txt, regions, words, mask, "easiest")
+  with pytest.raises(ValueError, match="batch size"):
+    fn(img, txt[:4], regions, words, mask, jnp.zeros(6, jnp.int32))
+
+
+def test_sample_negatives_single_shard():
+  neg = np.asarray(parallel.sample_negatives(jax.random.key(3), 10))
+  assert neg.shape == (10,) and neg.dtype == np.int32
+  assert np.all(neg != np.arange(10)) and np.all((neg >= 0) & (neg < 10))
+  with pytest.raises(ValueError, match="does not split"):
+    parallel.sample_negatives(jax.random.key(3), 10, 4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 8 simulated devices, in a subprocess (tests/_parallel_checks.py).
+# ----------------------------------------------------------------------------------------------------
+
+CORE = ("global_data8", "global_data4_fsdp2", "device_data8", "device_data4_fsdp2",
+        "sample_negatives", "param_shardings")
+EXTENDED = ("global_pair_negatives_no_study", "global_hardest", "global_gather", "device_hardest",
+            "model_axis", "word_triplets_without_word_ce", "sentence_only_without_word_inputs",
+            "explicit_mesh", "device_mode_off_device_negative", "memory_flat")
+
+
+def _run_checks(names) -> dict:
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+  env.pop("XLA_FLAGS", None)  # the script sets the device count itself
+  done = subprocess.run([sys.executable, str(REPO / "tests" / "_parallel_checks.py"), *names],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+  assert done.returncode == 0, done.stderr[-6000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class _Results(dict):
+  """Check name -> result; a check that raised in the subprocess fails its test with the traceback."""
+
+  def __getitem__(self, name):
+    result = super().__getitem__(name)
+    if "error" in result:
+      pytest.fail(f"check {name} raised in the 8-device subprocess:\n{result['error']}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def core():
+  return _Results(_run_checks(CORE))
+
+
+@pytest.fixture(scope="module")
+def extended():
+  return _Results(_run_checks(EXTENDED))
+
+
+def _assert_matches(result, terms=losses.TERM_NAMES):
+  assert result["terms"] == sorted(terms)
+  assert result["total_rel"] < TOL
+  assert result["terms_rel"] < TOL
+  if "grads_rel" in result:
+    assert result["grads_rel"] < TOL
+    assert result["grad_norm"] > 0.1  # the gradients compared are not trivially zero
+
+
+@pytest.mark.parametrize("name", ["global_data8", "global_data4_fsdp2"])
+def test_global_mode_equals_single_device(core, name):
+  _assert_matches(core[name])
+
+
+@pytest.mark.parametrize("name", ["device_data8", "device_data4_fsdp2"])
+def test_device_mode_equals_mean_of_per_device_losses(core, name):
+  _assert_matches(core[name])
+
+
+def test_within_shard_negatives(core):
+  result = core["sample_negatives"]
+  assert result["self_hits"] == 0
+  assert result["off_shard"] == 0
+  assert result["distinct_per_anchor"] == [3] * 16  # every other member of the shard of 4 drawn
+
+
+def test_params_created_sharded_follow_the_rules(core):
+  result = core["param_shardings"]
+  assert result["text/attn/query/kernel"]["shard"] == [128, 64]      # rule: columns over model=2
+  assert result["text/embed/embedding"]["shard"] == [500, 128]       # rule: rows over fsdp=2
+  assert result["image/head/kernel"]["shard"] == [256, 96]           # automatic fsdp, largest dim
+  assert result["image/head/bias"]["shard"] == [96]                  # small: replicated
+  assert result["image/stem/kernel"]["shard"] == [7, 7, 1, 64]       # below fsdp_min_size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["global_pair_negatives_no_study", "global_hardest", "global_gather",
+                                  "device_hardest", "model_axis"])
+def test_sharded_variants_equal_single_device(extended, name):
+  _assert_matches(extended[name])
+
+
+@pytest.mark.slow
+def test_weight_zero_terms_are_skipped(extended):
+  _assert_matches(extended["word_triplets_without_word_ce"],
+                  [t for t in losses.TERM_NAMES if not t.startswith("word_ce")])
+  _assert_matches(extended["sentence_only_without_word_inputs"],
+                  [t for t in losses.TERM_NAMES if t.startswith("sentence")])
+
+
+@pytest.mark.slow
+def test_explicit_axis_mesh_on_unsharded_inputs(extended):
+  assert extended["explicit_mesh"]["total_rel"] < TOL
+  assert extended["explicit_mesh"]["terms_rel"] < TOL
+
+
+@pytest.mark.slow
+def test_device_mode_flags_off_device_negatives_with_nan(extended):
+  nan = extended["device_mode_off_device_negative"]
+  assert nan["word_triplet_i2t"] and nan["word_triplet_t2i"]
+  assert not any(v for k, v in nan.items() if not k.startswith("word_triplet"))
+
+
+@pytest.mark.slow
+def test_ring_memory_stays_flat_while_gather_grows(extended):
+  mem = extended["memory_flat"]
+  assert mem["global_d8"] < 1.2 * mem["global_d1"]
+  assert mem["global_gather_d8"] > 4 * mem["global_gather_d1"]
