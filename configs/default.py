@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ----- Schedule of the run (durations in epochs of the train split, resolved in one place).
   c.batch_size = 32              # global batch
+  c.total_steps = 0             # > 0 overrides num_epochs
   c.num_epochs = 8.0
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200

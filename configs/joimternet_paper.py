@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.decay_epoch = 30.0
 
   c.batch_size = args.batch_size
+  c.total_steps = 0             # > 0 overrides num_epochs
   c.num_epochs = 50.0
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000

@@ -494,6 +494,35 @@ def _shuffle_seed(seed: int, process_index: int, epoch: tf.Tensor) -> tf.Tensor:
     return tf.strings.to_hash_bucket_fast(text, 2**62)
 
 
+def _global_order_stream(
+    source: "RandomAccessSource", *, seed: int, process_index: int, process_count: int, batch_size: int,
+    start_step: int,
+) -> tf.data.Dataset:
+    """Endless stream of (example, global position): host p's slice of one global shuffle.
+
+    The global batch at step s holds global stream positions [s B P, (s + 1) B P) (B = host batch, P =
+    hosts); host p takes rows [p B, (p + 1) B) of it. Positions index a fresh permutation of the whole
+    split each epoch. So the global batches, and every random choice keyed by global position, are
+    the same whatever the number of hosts: a run can resume on another host count, and a 2 x 4 run
+    reproduces a 1 x 8 run.
+    """
+    num = source.num_examples
+    if num == 0:
+        raise ValueError(f"{source} has no examples")
+    global_batch = batch_size * process_count
+
+    def fetch(host_position):
+        step, row = host_position // batch_size, host_position % batch_size
+        position = step * global_batch + process_index * batch_size + row
+        epoch, local = position // num, position % num
+        key = _rng_key(seed, 0, _ORDER_STREAM, epoch)
+        index = tf.random.experimental.index_shuffle(local, key, tf.constant(num - 1, tf.int64))
+        return source.indexed_example(tf.cast(index, tf.int64)), position
+
+    positions = tf.data.Dataset.counter(start=start_step * batch_size)
+    return positions.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def _train_stream(
     source: Source, *, seed: int, process_index: int, process_count: int, start_position: int,
     shuffle_buffer_size: int,
@@ -543,24 +572,36 @@ def make_train_dataset(
     start_step: int = 0,
     shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
     extra_keys: Sequence[str] = (),
+    global_order: bool = False,
 ) -> tf.data.Dataset:
     """Endless per-host training batches (dicts of tensors, leading dim `batch_size`) per the contract.
 
     `batch_size` is this host's batch. `start_step` resumes: the first batch is the one an uninterrupted
     run would produce at that step. `shuffle_buffer_size` only matters for streamed sources (memory =
     buffer x encoded example size). `extra_keys` copies numeric example features (e.g. 'labels').
+    `global_order` (random-access sources only) makes the global batches independent of the number of
+    hosts: each host takes its slice of one global shuffle (see `_global_order_stream`).
     """
     _check_process(process_index, process_count)
     if batch_size <= 0 or start_step < 0:
         raise ValueError(f"need batch_size > 0 and start_step >= 0, got {batch_size}, {start_step}")
     source = as_source(source)
     tokenizer, augmentation, masking = _resolve(tokenizer, max_len, augment, mlm)
-    stream = _train_stream(
-        source, seed=seed, process_index=process_index, process_count=process_count,
-        start_position=start_step * batch_size, shuffle_buffer_size=shuffle_buffer_size,
-    )
+    if global_order:
+        if not isinstance(source, RandomAccessSource):
+            raise ValueError(f"global_order needs a random-access source (arrays, generator), got {source}")
+        stream = _global_order_stream(
+            source, seed=seed, process_index=process_index, process_count=process_count,
+            batch_size=batch_size, start_step=start_step,
+        )
+    else:
+        stream = _train_stream(
+            source, seed=seed, process_index=process_index, process_count=process_count,
+            start_position=start_step * batch_size, shuffle_buffer_size=shuffle_buffer_size,
+        )
     process = _make_processor(
-        tokenizer=tokenizer, image_size=image_size, seed=seed, process_index=process_index,
+        tokenizer=tokenizer, image_size=image_size, seed=seed,
+        process_index=0 if global_order else process_index,   # global positions key the randomness
         augmentation=augmentation, masking=masking, extra_keys=extra_keys,
     )
     dataset = stream.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -128,37 +128,8 @@ CHEXPERT_OBSERVATIONS: Tuple[str, ...] = (
 )
 
 #: The 29 Chest ImaGenome anatomical regions (Wu et al., 2021), in the standard index order 0..28.
-CHEST_IMAGENOME_REGIONS: Tuple[str, ...] = (
-    "right lung",
-    "right upper lung zone",
-    "right mid lung zone",
-    "right lower lung zone",
-    "right hilar structures",
-    "right apical zone",
-    "right costophrenic angle",
-    "right hemidiaphragm",
-    "left lung",
-    "left upper lung zone",
-    "left mid lung zone",
-    "left lower lung zone",
-    "left hilar structures",
-    "left apical zone",
-    "left costophrenic angle",
-    "left hemidiaphragm",
-    "trachea",
-    "spine",
-    "right clavicle",
-    "left clavicle",
-    "aortic arch",
-    "mediastinum",
-    "upper mediastinum",
-    "svc",
-    "cardiac silhouette",
-    "cavoatrial junction",
-    "right atrium",
-    "carina",
-    "abdomen",
-)
+# The 29 Chest ImaGenome region names, in their standard index order (one definition: anatomy.py).
+from data_pipeline.anatomy import CHEST_IMAGENOME_REGIONS  # noqa: E402
 
 #: Environment variable naming the phrase-list directory (``.../labelers/chexpert/phrases``).
 PHRASES_ENV_VAR = "JIMTE_CHEXPERT_PHRASES"

@@ -72,7 +72,8 @@ class DataBundle:
     it = input_lib.make_train_iterator(
         self.sources[c.data.train_split], tokenizer=self.tokenizer, image_size=c.image_size,
         batch_size=host_batch, seed=c.seed, augment=c.data.augment, mlm=_mlm(c),
-        process_index=jax.process_index(), process_count=jax.process_count(), start_step=start_step)
+        process_index=jax.process_index(), process_count=jax.process_count(), start_step=start_step,
+        global_order=isinstance(self.sources[c.data.train_split], input_lib.RandomAccessSource))
     return batches_lib.prefetch_to_mesh(it, mesh, size=2)
 
   def eval_batches(self, mesh, split: str) -> Iterator[dict[str, jax.Array]]:

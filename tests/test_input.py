@@ -577,3 +577,26 @@ def test_to_global_batch_across_two_real_processes():
     procs = [_run_jax(TWO_PROCESS_GLOBAL_BATCH_SCRIPT, str(port), str(i), env_extra=env) for i in range(2)]
     for proc in procs:
         _expect_ok(proc)
+
+
+def test_global_order_batches_do_not_depend_on_the_number_of_hosts(source, tokenizer):
+    """With global_order, the hosts' batches concatenated in process order are the one-host batch,
+    augmentation and MLM masks included, from any start step (so runs resume on other host counts)."""
+    kwargs = dict(global_order=True, mlm=True)
+    one_host = take(train(source, tokenizer, batch_size=8, **kwargs), 7)
+    hosts = [take(train(source, tokenizer, batch_size=4, process_index=p, process_count=2, **kwargs), 7)
+             for p in range(2)]
+    joined = [{k: np.concatenate([hosts[0][s][k], hosts[1][s][k]]) for k in one_host[s]} for s in range(7)]
+    assert_batches_equal(one_host, joined)
+    # Every epoch (40 examples = 5 batches of 8) visits each example once.
+    first_epoch = np.concatenate([b["index"] for b in one_host[:5]])
+    np.testing.assert_array_equal(np.sort(first_epoch), np.arange(40))
+    resumed = take(train(source, tokenizer, batch_size=4, process_index=1, process_count=2,
+                         start_step=3, **kwargs), 4)
+    assert_batches_equal(resumed, hosts[1][3:7])
+
+
+def test_global_order_needs_random_access(tokenizer):
+    with pytest.raises(ValueError, match="random-access"):
+        inp.make_train_dataset(dataset_of(8), tokenizer=tokenizer, image_size=IMAGE_SIZE, batch_size=4,
+                               seed=0, global_order=True)
