@@ -8,6 +8,12 @@ timed in the same run, interleaved with the steps.
     python benchmarks/bench_region_word.py    # paper sizes: B=32, R=16x16, T=159, D=512
     python benchmarks/bench_region_word.py --text-block 2,4,8,32 --method gram,direct
     python benchmarks/bench_region_word.py --batch 8 --regions 64 --words 32 --dim 64 --repeats 2
+
+Measured on the 2-core development machine (jax 0.10.2, float32, B=32 R=256 T=159 D=512, automatic
+block of 3 texts): 1.72 s per step at best, about 149 GFLOP/s useful, 70-90% of the matmul peak
+timed alongside (166-212 GFLOP/s, the machine is shared), 119 MiB of temporaries. At 4 texts per
+block the hand-written backward took 1.74 s and 147 MiB where autodiff of the same forward under
+jax.checkpoint took 2.01 s and 275 MiB; the original PyTorch code takes ~31 s here.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ def word_ce_step(text_block, method):
 
 
 def parse_list(text: str, cast):
+    """'2,4,auto' -> [2, 4, None] (None: the automatic choice)."""
     return [None if item in ("auto", "none") else cast(item) for item in text.split(",")]
 
 

@@ -70,13 +70,20 @@ def _stats_dtype(*dtypes) -> jnp.dtype:
     return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
 
 
+def _norm(x: Array, axis: int = -1) -> Array:
+    """Euclidean norm along ``axis`` whose gradient at a zero vector is 0 rather than NaN."""
+    sq_norm = jnp.sum(x * x, axis=axis)
+    positive = sq_norm > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq_norm, 1.0)), 0.0)
+
+
 def cosine_matrix(x: Array, y: Array) -> Array:
     """All-pairs cosine [A, B] of x [A, D] and y [B, D], with ``max(|x||y|, 1e-8)`` below."""
     dtype = _stats_dtype(x.dtype, y.dtype)
     x = x.astype(dtype)
     y = y.astype(dtype)
     dots = x @ y.T
-    norm_products = jnp.linalg.norm(x, axis=-1)[:, None] * jnp.linalg.norm(y, axis=-1)[None, :]
+    norm_products = _norm(x)[:, None] * _norm(y)[None, :]
     return dots / jnp.maximum(norm_products, COSINE_EPS)
 
 
@@ -85,7 +92,7 @@ def _rowwise_cosine(x: Array, y: Array) -> Array:
     dtype = _stats_dtype(x.dtype, y.dtype)
     x = x.astype(dtype)
     y = y.astype(dtype)
-    norm_products = jnp.linalg.norm(x, axis=-1) * jnp.linalg.norm(y, axis=-1)
+    norm_products = _norm(x) * _norm(y)
     return jnp.sum(x * y, axis=-1) / jnp.maximum(norm_products, COSINE_EPS)
 
 
@@ -299,7 +306,8 @@ def _block_backward(
 
 
 def _word_norms(words: Array) -> Array:
-    return jnp.linalg.norm(words.astype(_stats_dtype(words.dtype)), axis=-1)
+    """|e_k| [..., T] in the stats dtype."""
+    return _norm(words.astype(_stats_dtype(words.dtype)))
 
 
 def _gram(regions: Array, use_gram: bool) -> Optional[Array]:
@@ -312,6 +320,7 @@ def _gram(regions: Array, use_gram: bool) -> Optional[Array]:
 
 
 def _blocked_scores_impl(gamma1, gamma2, use_gram, regions, word_blocks, mask_blocks, gram):
+    """Forward over all blocks, one at a time (lax.map): only a block's tensors are ever live."""
     norm_blocks = _word_norms(word_blocks)
 
     def one_block(block):
@@ -329,12 +338,14 @@ def _blocked_scores(gamma1, gamma2, use_gram, regions, word_blocks, mask_blocks)
 
 
 def _blocked_scores_fwd(gamma1, gamma2, use_gram, regions, word_blocks, mask_blocks):
+    """custom_vjp forward: Z blocks, saving only the inputs (and G) for the backward pass."""
     gram = _gram(regions, use_gram)
     scores = _blocked_scores_impl(gamma1, gamma2, use_gram, regions, word_blocks, mask_blocks, gram)
     return scores, (regions, gram, word_blocks, mask_blocks)  # only inputs (+ gram): linear in batch
 
 
 def _blocked_scores_bwd(gamma1, gamma2, use_gram, residuals, score_cotangents):
+    """custom_vjp backward: a scan over blocks, each recomputed, summing the regions' cotangents."""
     regions, gram, word_blocks, mask_blocks = residuals
     stats = _stats_dtype(regions.dtype, word_blocks.dtype)
     norm_blocks = _word_norms(word_blocks)
@@ -465,7 +476,7 @@ def pair_region_word_scores(
     alpha = _region_softmax(q, float(gamma1), axis=1)  # [b, r, k]
     context = jnp.einsum("brk,brd->bkd", alpha, regions.astype(stats))
     cos = jnp.sum(context * words.astype(stats), axis=-1) / jnp.maximum(
-        jnp.linalg.norm(context, axis=-1) * _word_norms(words), COSINE_EPS
+        _norm(context) * _word_norms(words), COSINE_EPS
     )
     return _masked_logsumexp(float(gamma2) * cos, word_mask, axis=-1)
 
@@ -650,6 +661,7 @@ def resolve_weights(weights: Optional[Mapping[str, float]] = None) -> dict:
 
 
 def _require(name: str, value, terms):
+    """``value``, or a ValueError naming the active terms that need it when it is None."""
     if value is None:
         raise ValueError(f"{name} is needed by the active terms {sorted(terms)}")
     return value
@@ -705,8 +717,8 @@ def itm_loss(
             terms.update(zip(sentence_ce, ce_from_scores(gamma3 * cos, study_ids)))
         if need(*sentence_triplet):
             negatives = hardest_negatives(cos, study_ids) if mine_hardest else neg_idx
-            pair = sentence_triplet_loss(img_emb, txt_emb, negatives, sentence_margin)
-            terms.update(zip(sentence_triplet, pair))
+            triplets = sentence_triplet_loss(img_emb, txt_emb, negatives, sentence_margin)
+            terms.update(zip(sentence_triplet, triplets))
 
     if need(*word_ce, *word_triplet):
         regions = _require("regions", regions, active)

@@ -12,7 +12,7 @@ def tiny_config(**overrides):
   c.model.image.widths = (8, 16, 32, 32)
   c.model.image.stem_width = 8
   c.model.text.num_layers, c.model.text.width, c.model.text.mlp_dim, c.model.text.num_heads = 1, 32, 64, 2
-  c.tokenizer.vocab_size, c.tokenizer.max_len = 300, 48
+  c.tokenizer.vocab_size, c.tokenizer.max_len = 400, 48
   c.log_every_steps = 2
   c.checkpoint_every_steps = 4
   c.evals.attention_png.num_pairs = 2

@@ -73,6 +73,7 @@ def dense_alpha(regions, words, mask, gamma1=4.0):
 
 
 def random_problem(seed, n_img=5, n_txt=7, n_reg=6, n_words=9, dim=8, dtype=np.float32, scale=1.0):
+    """Random regions [a, R, D], words [b, T, D] and a mask keeping 1..T leading words per text."""
     rng = np.random.default_rng(seed)
     regions = (scale * rng.standard_normal((n_img, n_reg, dim))).astype(dtype)
     words = (scale * rng.standard_normal((n_txt, n_words, dim))).astype(dtype)
@@ -82,6 +83,7 @@ def random_problem(seed, n_img=5, n_txt=7, n_reg=6, n_words=9, dim=8, dtype=np.f
 
 
 def rel_err(a, b):
+    """Largest absolute difference relative to the largest magnitude of the reference b."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
 
@@ -92,6 +94,7 @@ def rel_err(a, b):
 
 
 def _reference_terms(d, dtype):
+    """The three reference pairs of losses.md computed by the public functions in ``dtype``."""
     cast = lambda x: jnp.asarray(x, dtype)
     sentence_ce = losses.global_ce_loss(cast(d["img_emb"]), cast(d["txt_emb"]))
     word_ce = losses.local_ce_loss(cast(d["regions"]), cast(d["words"]), jnp.asarray(d["mask"]), text_block=4)
@@ -220,13 +223,13 @@ def test_bfloat16_inputs_give_float32_scores_close_to_float32():
     regions, words, mask = random_problem(10, n_img=4, n_txt=6, n_reg=16, dim=32)
     regions_bf, words_bf = jnp.asarray(regions, jnp.bfloat16), jnp.asarray(words, jnp.bfloat16)
     rounded = (regions_bf.astype(jnp.float32), words_bf.astype(jnp.float32))
-    loss = lambda r, w: jnp.sum(jnp.tanh(losses.region_word_scores(r, w, mask, text_block=4)))
+    cotangent = np.random.default_rng(11).standard_normal((4, 6))
+    score_fn = lambda r, w: losses.region_word_scores(r, w, mask, text_block=4)
 
-    scores_bf = losses.region_word_scores(regions_bf, words_bf, mask, text_block=4)
+    scores_bf, grads_bf = scores_and_grads(score_fn, regions_bf, words_bf, cotangent)
+    scores_f32, grads_f32 = scores_and_grads(score_fn, *rounded, cotangent)
     assert scores_bf.dtype == jnp.float32
-    assert rel_err(scores_bf, losses.region_word_scores(*rounded, mask, text_block=4)) < 1e-4
-    grads_bf = jax.jit(jax.grad(loss, (0, 1)))(regions_bf, words_bf)
-    grads_f32 = jax.jit(jax.grad(loss, (0, 1)))(*rounded)
+    assert rel_err(scores_bf, scores_f32) < 1e-4
     for g_bf, g_f32 in zip(grads_bf, grads_f32):
         assert g_bf.dtype == jnp.bfloat16
         assert rel_err(g_bf, g_f32) < 3e-2
@@ -392,6 +395,7 @@ def test_mlm_loss_and_accuracy():
 
 
 def _itm_inputs():
+    """The losses.md reference draw as float32 jax arrays."""
     d = reference_inputs()
     as_jax = lambda v: jnp.asarray(v, jnp.float32) if v.dtype == np.float64 else jnp.asarray(v)
     return {k: as_jax(v) for k, v in d.items()}
@@ -457,3 +461,13 @@ def test_itm_loss_hardest_negatives_and_gradients():
     loss = lambda *a: losses.itm_loss(*a, d["neg"], study_ids=study_ids)[0]
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(*args)
     assert all(np.all(np.isfinite(g)) and np.any(g != 0) for g in grads)
+
+
+def test_zero_embeddings_and_blank_images_keep_gradients_finite():
+    d = _itm_inputs()
+    img = d["img_emb"].at[1].set(0.0)
+    regions = d["regions"].at[2].set(0.0)
+    for weights in (None, {name: 0.0 for name in losses.TERM_NAMES if not name.startswith("word_triplet")}):
+        loss = lambda i, t, r, w: losses.itm_loss(i, t, r, w, d["mask"], d["neg"], weights=weights)[0]
+        grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(img, d["txt_emb"], regions, d["words"])
+        assert all(np.all(np.isfinite(g)) for g in grads)
