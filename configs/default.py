@@ -1,7 +1,8 @@
 """The built-in default: the synthetic chest X-ray set, small towers, minutes on 2 CPU cores.
 
   python -m jimte.main --config configs/default.py --workdir workdirs/default
-  python -m jimte.main --config configs/default.py:runlocal --workdir /tmp/smoke   # seconds-long smoke run
+  python -m jimte.main --config configs/default.py:runlocal --workdir /tmp/smoke   # a minute-long smoke run
+  configs/default.py:tiny   # tiny towers and data: what the tests run
 Any field can be overridden with --config.<key>=<value>; an unknown key is an error naming it.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from jimte.models.joimternet import small_model_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, runlocal=False)
+  args = common.parse_arg(arg, runlocal=False, tiny=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -62,10 +63,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       attention_png=dict(split="test", num_pairs=4, words_per_pair=4),
   ))
 
-  if args.runlocal:
+  if args.runlocal or args.tiny:
     c.data.num_train, c.data.num_eval = 128, 64
     c.num_epochs = 1.0
     c.batch_size = 16
     c.log_every_steps = 2
     c.checkpoint_every_steps = 4
+  if args.tiny:   # seconds per step: what the tests run (trainer, resume, multi-process)
+    c.data.num_train, c.data.num_eval = 64, 32
+    c.image_size = c.data.phantom_size = 64
+    c.batch_size = 8
+    c.model.embed_dim = 32
+    c.model.image.widths = (8, 16, 32, 32)
+    c.model.image.stem_width = 8
+    c.model.text.update(num_layers=1, width=32, mlp_dim=64, num_heads=2)
+    c.tokenizer.vocab_size, c.tokenizer.max_len = 400, 48
+    c.log_every_steps = 2
+    c.evals.attention_png.num_pairs = 2
   return c

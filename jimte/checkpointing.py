@@ -6,10 +6,12 @@ Kept: the last `keep` checkpoints, and optionally the best `keep_best` by a metr
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -67,3 +69,24 @@ def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
   if shardings is None:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def load_state_numpy(directory: str, step: int | None = None) -> tuple[Any, dict]:
+  """The saved train state as nested dicts of host numpy arrays (any device count), and its meta.
+
+  For inspection and comparisons across runs with different meshes; training resumes with
+  `Checkpointer.restore`, which keeps the structure and shardings.
+  """
+  ckpt = Checkpointer(directory, async_save=False)
+  step = ckpt.latest_step() if step is None else step
+  ckpt.close()
+  if step is None:
+    raise FileNotFoundError(f"no complete checkpoint in {directory}")
+  step_dir = os.path.join(ckpt.directory, str(step))
+  reader = ocp.PyTreeCheckpointer()
+  tree = reader.metadata(os.path.join(step_dir, "state")).item_metadata.tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  state = reader.restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  with open(os.path.join(step_dir, "meta", "metadata")) as f:
+    meta = json.load(f)
+  return state, meta

@@ -5,6 +5,7 @@ import logging
 import os
 from typing import Callable
 
+import jax
 import numpy as np
 
 from jimte.evaluate import attention_png, encode, retrieval
@@ -22,11 +23,14 @@ def _retrieval(cfg, *, config, encoded, data, workdir) -> dict[str, float]:
       row = "  ".join(f"R@{k} {100 * results[f'{score}/{direction}_R@{k}']:5.1f}%" for k in cfg.ks)
       lines.append(f"  {score:8s} {direction}: {row}")
   lines.append("  chance      : " + "  ".join(f"R@{k} {100 * results[f'chance_R@{k}']:5.1f}%" for k in cfg.ks))
-  print("\n".join(lines), flush=True)
+  if jax.process_index() == 0:
+    print("\n".join(lines), flush=True)
   return results
 
 
 def _attention_png(cfg, *, config, encoded, data, workdir) -> dict[str, float]:
+  if jax.process_index() != 0:   # one writer of the shared work dir
+    return {}
   path = os.path.join(workdir, "attention.png")
   attention_png.save_attention_png(path, encoded, data.tokenizer, gamma1=config.loss.gamma1,
                                    num_pairs=cfg.num_pairs, words_per_pair=cfg.words_per_pair,
