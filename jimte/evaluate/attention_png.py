@@ -40,17 +40,24 @@ def group_words(pieces: list[str]) -> list[list[int]]:
   """Groups SentencePiece pieces into whole words (a piece starting with U+2581 starts a word)."""
   words: list[list[int]] = []
   for k, piece in enumerate(pieces):
-    if piece.startswith("\u2581") or not words:
+    # Special pieces (</s>, <pad>, ...) form groups of their own.
+    if piece.startswith("\u2581") or not words or _is_special(piece) or _is_special(pieces[k - 1]):
       words.append([k])
     else:
       words[-1].append(k)
   return words
 
 
+def _is_special(piece: str) -> bool:
+  return piece.startswith("<") and piece.endswith(">")
+
+
 def pick_words(pieces: list[str], match: np.ndarray, count: int) -> list[tuple[str, list[int], float]]:
   """The `count` content words with the best matching term (max over their pieces)."""
   chosen = []
-  for group in group_words(pieces):
+  valid = np.isfinite(match)   # padding and other masked slots have match -inf
+  for group in group_words([p for p, ok in zip(pieces, valid) if ok]):
+    group = [int(k) for k in np.flatnonzero(valid)[group]]
     text = "".join(pieces[k] for k in group).replace("\u2581", "").strip(".,;:")
     scores = match[group]
     if not np.isfinite(scores).any() or len(text) < 3 or text in STOPWORDS or text.startswith("<"):

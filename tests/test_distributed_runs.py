@@ -1,0 +1,123 @@
+"""Whole training runs as separate processes: 2 processes x 4 devices reproduce 1 process x 8
+devices; a run killed with SIGKILL (mid-training or mid-save) or stopped by SIGTERM resumes from
+its last complete checkpoint and ends with the parameters of an uninterrupted run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jimte import checkpointing
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--config", "configs/default.py:tiny", "--noprogress"]
+
+
+def _env(devices: int) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return env
+
+
+def _main(workdir, *overrides, devices=1, **popen):
+  return subprocess.Popen([sys.executable, "-m", "jimte.main", *TINY, "--workdir", str(workdir), *overrides],
+                          cwd=REPO, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, **popen)
+
+
+def _finish(proc, timeout=600) -> str:
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, out[-4000:]
+  return out
+
+
+def _params(workdir, step=None):
+  state, meta = checkpointing.load_state_numpy(str(Path(workdir) / "checkpoints"), step)
+  return state, meta
+
+
+def _assert_trees_close(a, b, rtol=0.0, atol=0.0):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol)
+
+
+@pytest.mark.slow
+def test_two_processes_of_four_devices_reproduce_one_process_of_eight(tmp_path):
+  steps = ["--config.total_steps=3", "--config.checkpoint_every_steps=3", "--config.batch_size=16"]
+  single = _main(tmp_path / "one", *steps, devices=8)
+  _finish(single)
+  out = subprocess.run(
+      [sys.executable, "-m", "launch.multiprocess", "--num_processes", "2", "--devices_per_process", "4", "--",
+       *TINY, "--workdir", str(tmp_path / "two"), *steps],
+      cwd=REPO, env=_env(4), capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+  assert "[1]" in out.stdout   # both processes ran and reported
+  one_state, one_meta = _params(tmp_path / "one")
+  two_state, two_meta = _params(tmp_path / "two")
+  assert one_meta["step"] == two_meta["step"] == 3
+  _assert_trees_close(one_state["params"], two_state["params"], rtol=1e-5, atol=1e-6)
+  _assert_trees_close(one_state["batch_stats"], two_state["batch_stats"], rtol=1e-5, atol=1e-6)
+
+
+def _wait_for(predicate, proc, what, timeout=300):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if predicate():
+      return
+    assert proc.poll() is None, f"run ended before {what}: " + proc.communicate()[0][-3000:]
+    time.sleep(0.01)
+  raise TimeoutError(what)
+
+
+def _has_checkpoint(workdir: Path, step: int):
+  return lambda: (workdir / "checkpoints" / str(step) / "state").exists()
+
+
+def _saving_after(workdir: Path, step: int):
+  """True while a save of a step > `step` is in progress (orbax's temporary directory exists)."""
+  def check():
+    ckpts = workdir / "checkpoints"
+    return ckpts.exists() and any("tmp" in p.name and int(p.name.split(".")[0]) > step
+                                  for p in ckpts.iterdir() if p.name.split(".")[0].isdigit())
+  return check
+
+
+@pytest.mark.slow
+def test_kill_and_sigterm_resume_to_the_uninterrupted_result(tmp_path):
+  run = ["--config.total_steps=40", "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=3"]
+  _finish(_main(tmp_path / "full", *run))
+  full, _ = _params(tmp_path / "full")
+
+  work = tmp_path / "interrupted"
+  # SIGTERM: the run finishes its step, saves where it is, and exits cleanly.
+  proc = _main(work, *run)
+  _wait_for(_has_checkpoint(work, 4), proc, "checkpoint 4")
+  proc.send_signal(signal.SIGTERM)
+  out = _finish(proc)
+  assert "received signal" in out
+  stopped_at = _params(work)[1]["step"]
+  assert 4 <= stopped_at < 40
+  # SIGKILL in the middle of a save: the half-written checkpoint is not taken for a complete one.
+  proc = _main(work, *run)
+  _wait_for(_saving_after(work, stopped_at), proc, "a save in progress")
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  # SIGKILL between saves.
+  proc = _main(work, *run)
+  _wait_for(_has_checkpoint(work, 28), proc, "checkpoint 28")
+  time.sleep(0.3)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  _finish(_main(work, *run))
+  resumed, meta = _params(work)
+  assert meta["step"] == 40
+  _assert_trees_close(full, resumed)   # bit-identical: params, optimizer states, batch stats, rng
