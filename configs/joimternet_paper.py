@@ -43,6 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.check_finite_every_steps = 1
+  c.eval_every_steps = 0                # > 0: evaluate (and checkpoint) every so many steps too
+  c.keep_best_checkpoints = 0           # > 0: also keep the best checkpoints by best_metric
+  c.best_metric = "eval/retrieval/global/i2t_R@10"
+  c.best_mode = "max"
+  c.peak_flops_per_device = 0.0   # for the MFU estimate; 0 = look the device kind up (jimte/perf.py)
   c.mesh = common.mesh_config()
   c.evals = ml_collections.ConfigDict(dict(
       retrieval=dict(split="test", ks=(1, 5, 10), scores=("global", "local", "combined")),

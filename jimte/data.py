@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import ml_collections

@@ -7,7 +7,6 @@ states, the step and the RNG, so a resumed run continues exactly where an uninte
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -21,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils
 
-from jimte import checkpointing, data as data_lib, losses, optim, parallel
+from jimte import checkpointing, data as data_lib, losses, optim, parallel, perf
 from jimte.evaluate import registry as eval_registry
 from jimte.metrics import MetricWriter
 from jimte.models.joimternet import build_model
@@ -194,15 +193,17 @@ def check_finite(step: int, metrics: dict[str, float]) -> None:
 # The loop.
 # ----------------------------------------------------------------------------------------------
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_after_steps: int | None = None, progress: bool = True) -> dict[str, float]:
+                       stop_after_steps: int | None = None, progress: bool = True) -> tuple[dict[str, float], TrainState]:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint), then evaluates.
 
   `stop_after_steps` ends the loop early at that step (after saving), as a pre-empted run would;
-  it does not change the schedule. Returns the final metrics.
+  it does not change the schedule. A SIGTERM does the same at the end of the current step. Evaluation
+  runs only once the schedule is complete. Returns (metrics, final train state).
   """
   # ---- Setup: mesh, data, tokenizer.
   is_chief = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
+  if "://" not in workdir:
+    os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(config.mesh)
   data = data_lib.DataBundle.create(config, workdir)
   durations = Durations.from_config(config, data.num_train)
@@ -221,7 +222,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state, state_shardings = init_train_state(config, model, optimizers, mesh, jax.random.key(config.seed))
 
   # ---- Resume from the work dir.
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+  ckpt = checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+      keep_best=config.get("keep_best_checkpoints", 0), best_metric=config.get("best_metric", ""),
+      best_mode=config.get("best_mode", "max"))
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore(checkpointing.abstract_like(state, state_shardings))
     log.info("resumed from step %d (%s)", int(state.step), meta)
@@ -237,23 +241,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
                      donate_argnums=(0,))
 
+  steps = perf.CompiledSteps({"itm": itm_step, "mlm": mlm_step})
+  peak_flops = perf.device_peak_flops(config.get("peak_flops_per_device", 0.0))
   writer = MetricWriter(workdir, enabled=is_chief)
   stop_requested = {"signal": None}
 
   def on_sigterm(signum, frame):  # pre-emption: finish the step, save, exit cleanly
     stop_requested["signal"] = signum
-  previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if _in_main_thread() else None
+  multi_process = jax.process_count() > 1
+  # One process: our own SIGTERM handler. Several: jax.distributed's preemption service catches the
+  # notice and agrees on one step at which every process stops (reached_preemption_sync_point).
+  previous_handler = (signal.signal(signal.SIGTERM, on_sigterm)
+                      if _in_main_thread() and not multi_process else None)
 
   end_step = durations.total_steps if stop_after_steps is None else min(stop_after_steps, durations.total_steps)
   train_iter = data.train_batches(mesh, start_step=start_step)
   bar = _progress(start_step, end_step, enabled=progress and is_chief)
   last_log_time, last_log_step, last_metrics = time.perf_counter(), start_step, {}
+  flops_since_log = 0.0
   examples_per_step = config.batch_size
   try:
     for step in range(start_step, end_step):
       batch = next(train_iter)
       kind = step_kind(config.seed, step, config.loss)
-      state, metrics = (itm_step if kind == "itm" else mlm_step)(state, batch)
+      state, metrics = steps(kind, state, batch)
+      flops_since_log += steps.flops[kind]
       done = step + 1
       if config.check_finite_every_steps and done % config.check_finite_every_steps == 0:
         host_metrics = jax.device_get(metrics)
@@ -267,13 +279,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         rate = (done - last_log_step) * examples_per_step / max(now - last_log_time, 1e-9)
         host_metrics["perf/examples_per_sec"] = rate
         host_metrics["perf/examples_per_sec_per_device"] = rate / jax.device_count()
+        elapsed = max(now - last_log_time, 1e-9)
+        host_metrics["perf/tflops_per_sec_per_device"] = flops_since_log / elapsed / 1e12
+        if peak_flops:
+          host_metrics["perf/mfu"] = flops_since_log / elapsed / peak_flops
+        flops_since_log = 0.0
         host_metrics["train/epoch"] = done / durations.steps_per_epoch
         writer.write_scalars(done, host_metrics)
         last_log_time, last_log_step = now, done
         bar.set_postfix(loss=f"{host_metrics['train/loss']:.3f}", ex_s=f"{rate:.1f}")
       bar.update(1)
-      if done % config.checkpoint_every_steps == 0 or done == end_step or stop_requested["signal"]:
-        ckpt.save(done, state, meta=_checkpoint_meta(config, done, data))
+      if multi_process and multihost_utils.reached_preemption_sync_point(done):
+        stop_requested["signal"] = "preemption notice"
+      eval_metrics = None
+      if config.get("eval_every_steps", 0) and done % config.eval_every_steps == 0 and done < durations.total_steps:
+        eval_metrics = eval_registry.run_all(config, model, state, data, mesh, workdir, writer)
+      if (done % config.checkpoint_every_steps == 0 or done == end_step or stop_requested["signal"]
+          or eval_metrics is not None):
+        ckpt.save(done, state, meta=_checkpoint_meta(config, done, data), metrics=eval_metrics)
       if stop_requested["signal"]:
         log.warning("received signal %s: saved step %d, exiting", stop_requested["signal"], done)
         break
@@ -286,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # ---- Evaluate (chosen by config.evals).
   results = {}
-  if int(state.step) >= durations.total_steps or stop_after_steps is None:
+  if int(state.step) >= durations.total_steps:
     results = eval_registry.run_all(config, model, state, data, mesh, workdir, writer)
     if is_chief:
       with open(os.path.join(workdir, "final_metrics.json"), "w") as f:

@@ -78,3 +78,19 @@ def test_unknown_config_override_is_an_error_naming_the_key(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "gama1" in proc.stderr
+
+
+def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path):
+  c = tiny_config(**{"total_steps": 12, "eval_every_steps": 3, "checkpoint_every_steps": 100,
+                     "keep_checkpoints": 1, "keep_best_checkpoints": 1,
+                     "best_metric": "eval/retrieval/global/i2t_median_rank", "best_mode": "min"})
+  train.train_and_evaluate(c, str(tmp_path), progress=False)
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  ranks = {r["step"]: r["eval/retrieval/global/i2t_median_rank"] for r in rows
+           if "eval/retrieval/global/i2t_median_rank" in r and r["step"] < 12}
+  assert sorted(ranks) == [3, 6, 9]
+  from jimte import checkpointing
+  kept = checkpointing.Checkpointer(str(tmp_path / "checkpoints")).all_steps()
+  assert 12 in kept                                   # the latest
+  best = [s for s in kept if s != 12]
+  assert len(best) == 1 and ranks[best[0]] == min(ranks.values())   # and the best evaluated one
