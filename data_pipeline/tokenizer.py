@@ -156,11 +156,15 @@ class Tokenizer:
         """Trains a model on `texts` (see `train_sentencepiece` for the keyword arguments)."""
         return cls(train_sentencepiece(texts, **train_kwargs), max_len=max_len)
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Writes `spm.model` and `tokenizer.json` (max_len, ids, normaliser) into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / MODEL_FILENAME).write_bytes(self._model_proto)
+    def save(self, directory: str | os.PathLike) -> str:
+        """Writes `spm.model` and `tokenizer.json` (max_len, ids, normaliser) into `directory`.
+
+        Paths go through tf.io.gfile, so the directory may be local or on GCS (gs://...).
+        """
+        directory = os.fspath(directory)
+        tf.io.gfile.makedirs(directory)
+        with tf.io.gfile.GFile(os.path.join(directory, MODEL_FILENAME), "wb") as f:
+            f.write(self._model_proto)
         config = {
             "max_len": self.max_len,
             "vocab_size": self.vocab_size,
@@ -171,20 +175,23 @@ class Tokenizer:
             "mask_id": MASK_ID,
             "normalizer": NORMALIZER_NAME,
         }
-        (directory / CONFIG_FILENAME).write_text(json.dumps(config, indent=2) + "\n")
+        with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILENAME), "w") as f:
+            f.write(json.dumps(config, indent=2) + "\n")
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Tokenizer":
         """Reads a tokenizer written by `save`; refuses one made with a different normaliser."""
-        directory = Path(directory)
-        config = json.loads((directory / CONFIG_FILENAME).read_text())
+        directory = os.fspath(directory)
+        with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILENAME)) as f:
+            config = json.loads(f.read())
         if config.get("normalizer") != NORMALIZER_NAME:
             raise ValueError(
                 f"{directory} was saved with normaliser {config.get('normalizer')!r}; "
                 f"this code implements {NORMALIZER_NAME!r}"
             )
-        tokenizer = cls((directory / MODEL_FILENAME).read_bytes(), max_len=config["max_len"])
+        with tf.io.gfile.GFile(os.path.join(directory, MODEL_FILENAME), "rb") as f:
+            tokenizer = cls(f.read(), max_len=config["max_len"])
         if tokenizer.vocab_size != config["vocab_size"]:
             raise ValueError(f"{directory}: model vocab {tokenizer.vocab_size} != json {config['vocab_size']}")
         return tokenizer

@@ -123,7 +123,8 @@ def _load_or_train_tokenizer(config, directory: str, train_source, train_texts) 
   """Loads `<workdir>/tokenizer` (resume), else `config.tokenizer.path`, else trains one (process 0)
   on the train split's reports and shares it through the work dir."""
   tc = config.tokenizer
-  if os.path.exists(os.path.join(directory, "tokenizer.json")):
+  import tensorflow as tf   # tf.io.gfile: the work dir may be on GCS
+  if tf.io.gfile.exists(os.path.join(directory, "tokenizer.json")):
     tokenizer = Tokenizer.load(directory)
   elif tc.path:
     tokenizer = Tokenizer.load(tc.path)

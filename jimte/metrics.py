@@ -20,10 +20,10 @@ class MetricWriter:
       return
     import tensorflow as tf  # TensorFlow writes the event files; kept off the JAX import path.
     tf.config.set_visible_devices([], "GPU")
-    os.makedirs(workdir, exist_ok=True)
+    tf.io.gfile.makedirs(workdir)   # local or GCS
     self._tf = tf
     self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:

@@ -202,13 +202,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   # ---- Setup: mesh, data, tokenizer.
   is_chief = jax.process_index() == 0
-  if "://" not in workdir:
-    os.makedirs(workdir, exist_ok=True)
+  _gfile().makedirs(workdir)
   mesh = parallel.make_mesh(config.mesh)
   data = data_lib.DataBundle.create(config, workdir)
   durations = Durations.from_config(config, data.num_train)
   if is_chief:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with _gfile().GFile(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   log.info("mesh %s, %d train examples, %d steps/epoch, %d steps", dict(mesh.shape), data.num_train,
            durations.steps_per_epoch, durations.total_steps)
@@ -312,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if int(state.step) >= durations.total_steps:
     results = eval_registry.run_all(config, model, state, data, mesh, workdir, writer)
     if is_chief:
-      with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      with _gfile().GFile(os.path.join(workdir, "final_metrics.json"), "w") as f:
         json.dump({**{k: float(v) for k, v in results.items()}, "step": int(state.step)}, f, indent=2)
   ckpt.close()
   writer.close()
@@ -322,6 +321,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def _checkpoint_meta(config, step: int, data) -> dict:
   return {"step": int(step), "examples_seen": int(step) * int(config.batch_size),
           "tokenizer": data.tokenizer_dir, "seed": int(config.seed)}
+
+
+def _gfile():
+  """tf.io.gfile: files in the work dir, which may be local or on GCS."""
+  import tensorflow as tf
+  return tf.io.gfile
 
 
 def _in_main_thread() -> bool:

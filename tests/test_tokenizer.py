@@ -121,7 +121,7 @@ def test_truncation_keeps_eos(tokenizer, reports):
 
 def test_save_load_round_trip(tokenizer, reports, tmp_path):
     texts = reports[1][:100] + TRICKY
-    saved = tokenizer.save(tmp_path / "tok")
+    saved = Path(tokenizer.save(tmp_path / "tok"))
     assert sorted(p.name for p in saved.iterdir()) == [tok.MODEL_FILENAME, tok.CONFIG_FILENAME]
     config = json.loads((saved / tok.CONFIG_FILENAME).read_text())
     assert config["max_len"] == 512 and config["mask_id"] == 4 and config["vocab_size"] == tokenizer.vocab_size

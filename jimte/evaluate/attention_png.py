@@ -113,9 +113,14 @@ def save_attention_png(path: str, encoded: Mapping[str, np.ndarray], tokenizer, 
         ax.axis("off")
   fig.suptitle("word -> region attention (alpha) on held-out pairs; green: ground-truth boxes", fontsize=9)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
+  import io
+  import tensorflow as tf   # tf.io.gfile: the work dir may be on GCS
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110)
   plt.close(fig)
+  tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(buffer.getvalue())
   return path
 
 
