@@ -66,3 +66,27 @@ def mesh_config() -> ml_collections.ConfigDict:
       fsdp_min_size=2**18,   # tensors with at least this many elements are sharded over fsdp
       rules=(),              # (regex over 'a/b/c' parameter paths, partition spec tuple) pairs
   ))
+
+
+def add_run_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The run-level fields every config shares (durations in steps; evaluators; mesh), set in place.
+
+  Configs then override what differs (num_epochs, log/checkpoint intervals, ...).
+  """
+  c.total_steps = 0                     # > 0 overrides num_epochs
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 200
+  c.keep_checkpoints = 2
+  c.check_finite_every_steps = 1
+  c.eval_every_steps = 0                # > 0: evaluate (and checkpoint) every so many steps too
+  c.keep_best_checkpoints = 0           # > 0: also keep the best checkpoints by best_metric
+  c.best_metric = "eval/retrieval/global/i2t_R@10"
+  c.best_mode = "max"
+  c.peak_flops_per_device = 0.0         # for the MFU estimate; 0 = look the device kind up (jimte/perf.py)
+  c.mesh = mesh_config()
+  # Evaluators, chosen by name.
+  c.evals = ml_collections.ConfigDict(dict(
+      retrieval=dict(split="test", ks=(1, 5, 10), scores=("global", "local", "combined")),
+      attention_png=dict(split="test", num_pairs=4, words_per_pair=4),
+  ))
+  return c

@@ -53,28 +53,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.schedule = "warmup_cosine"
   c.optim.warmup_epochs = 1.0
 
-  # ----- Schedule of the run (durations in epochs of the train split, resolved in one place).
+  # ----- Schedule of the run (durations in epochs of the train split, resolved in one place),
+  # ----- parallelism (config.mesh) and evaluators (config.evals).
+  common.add_run_defaults(c)
   c.batch_size = 32              # global batch
-  c.total_steps = 0             # > 0 overrides num_epochs
   c.num_epochs = 8.0
-  c.log_every_steps = 20
-  c.checkpoint_every_steps = 200
-  c.keep_checkpoints = 2
-  c.check_finite_every_steps = 1
-  c.eval_every_steps = 0                # > 0: evaluate (and checkpoint) every so many steps too
-  c.keep_best_checkpoints = 0           # > 0: also keep the best checkpoints by best_metric
-  c.best_metric = "eval/retrieval/global/i2t_R@10"
-  c.best_mode = "max"
-  c.peak_flops_per_device = 0.0   # for the MFU estimate; 0 = look the device kind up (jimte/perf.py)
-
-  # ----- Parallelism.
-  c.mesh = common.mesh_config()
-
-  # ----- Evaluators, chosen by name.
-  c.evals = ml_collections.ConfigDict(dict(
-      retrieval=dict(split="test", ks=(1, 5, 10), scores=("global", "local", "combined")),
-      attention_png=dict(split="test", num_pairs=4, words_per_pair=4),
-  ))
 
   if args.runlocal or args.tiny:
     c.data.num_train, c.data.num_eval = 128, 64

@@ -36,21 +36,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.schedule = "step"
   c.optim.decay_epoch = 30.0
 
+  common.add_run_defaults(c)
   c.batch_size = args.batch_size
-  c.total_steps = 0             # > 0 overrides num_epochs
   c.num_epochs = 50.0
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
-  c.check_finite_every_steps = 1
-  c.eval_every_steps = 0                # > 0: evaluate (and checkpoint) every so many steps too
-  c.keep_best_checkpoints = 0           # > 0: also keep the best checkpoints by best_metric
-  c.best_metric = "eval/retrieval/global/i2t_R@10"
-  c.best_mode = "max"
-  c.peak_flops_per_device = 0.0   # for the MFU estimate; 0 = look the device kind up (jimte/perf.py)
-  c.mesh = common.mesh_config()
-  c.evals = ml_collections.ConfigDict(dict(
-      retrieval=dict(split="test", ks=(1, 5, 10), scores=("global", "local", "combined")),
-      attention_png=dict(split="test", num_pairs=4, words_per_pair=4),
-  ))
   return c

@@ -33,6 +33,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from data_pipeline import anatomy
+from data_pipeline.labels import CHEXPERT_OBSERVATIONS
 from data_pipeline.anatomy import (CHEST_IMAGENOME_REGIONS, ChestGeometry, Pose, region_id,
                                    side_sign)
 
@@ -53,12 +54,8 @@ FINDING_NAMES: Tuple[str, ...] = (
 )
 FINDING_INDEX: Dict[str, int] = {name: i for i, name in enumerate(FINDING_NAMES)}
 
-#: The 14 CheXpert observations in the standard order (label vector positions).
-CHEXPERT_LABELS: Tuple[str, ...] = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Lung Opacity",
-    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices",
-)
+#: The 14 CheXpert observations in the standard order (label vector positions); one definition.
+CHEXPERT_LABELS: Tuple[str, ...] = CHEXPERT_OBSERVATIONS
 CHEXPERT_INDEX: Dict[str, int] = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
 
 #: The CheXpert observation each finding kind makes positive.

@@ -148,22 +148,7 @@ DUPLICATE_IMAGE = "duplicate image"
 
 #: The 14 CheXpert observations in the CheXpert labeler's output order (the order of the
 #: ``labels`` vector of the Example contract).
-CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Lesion",
-    "Lung Opacity",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+from data_pipeline.labels import CHEXPERT_OBSERVATIONS  # noqa: E402  (one definition)
 
 #: Default patient-level split: 70 % train, 10 % validation, 20 % test.
 DEFAULT_SPLIT_FRACTIONS: tuple[tuple[str, float], ...] = (
