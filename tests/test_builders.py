@@ -845,3 +845,26 @@ def test_synthetic_config_validation():
         SyntheticCxrConfig(name="x", n_train=-1)
     weights = SyntheticCxrConfig(name="x", phantom={"finding_weights": [["nodule", 1.0]]})
     assert weights.phantom_config().finding_weights == (("nodule", 1.0),)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not IU_DIR.is_dir(), reason="shared iu_xray data absent")
+def test_iu_real_reports_build_through_tfds_cli(tmp_path):
+    """`tfds build` of iu_xray from the real Open-i report archive (+ placeholder images for 20
+    studies): the reports without images are counted, the kept studies readable."""
+    reports = _openi_reports()
+    usable = [r for r in reports if r["image_ids"] and _has_text(r)]
+    chosen = usable[::len(usable) // 20][:20]
+    manual = _iu_manual_dir(tmp_path, chosen, with_projections=False)
+    result = _run_cli([
+        "build", "data_pipeline/builders/iu_xray",
+        "--manual_dir", str(manual), "--data_dir", str(tmp_path / "out"),
+        "--config", json.dumps({"name": "default_64", "max_side": 64}),
+    ])
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    builder = tfds.builder_from_directory(str(tmp_path / "out" / "iu_xray" / "default_64" / "1.0.0"))
+    assert sum(split.num_examples for split in builder.info.splits.values()) == 20
+    accounting = builder.info.metadata["record_accounting"]
+    assert _total(accounting, "skipped")[common.MISSING_IMAGE] == len(usable) - 20
+    assert "missing image" in out   # the counts are printed
