@@ -2,19 +2,23 @@
 
 At a fixed per-device batch n (the global batch is N = n * d), each device count d runs in its own
 process with d simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=d), and for
-each word-level scheme of `jimte.parallel.sharded_itm_loss` reports the compiled temp bytes per device
-of the jitted forward + backward (`memory_analysis()`) and its wall time:
+each word-level scheme of `jimte.parallel.sharded_itm_loss` reports the compiled temp bytes per
+device of the jitted forward + backward (`memory_analysis()`) and its wall time:
 
-- global:        Z over all N x N pairs by a ring of ppermutes with recomputation (memory flat in d);
+- global:        Z over all N x N pairs by a ring of ppermutes with recomputation (memory flat in
+  d);
 - device:        Z over each device's n x n pairs only (no communication);
-- global_gather: the naive version: all-gather every text, one dense region-word call (grows with d).
+- global_gather: the naive version: all-gather every text, one dense region-word call (grows with
+  d).
 
 All simulated devices share this machine's cores, so wall time at d devices covers d devices' work
 (the ring's N x n pairs per device: d^2 n^2 in all); read the time columns as the cost of the whole
 mesh, and compare schemes within a row. Prints numbers, asserts nothing.
 
-    python -m benchmarks.bench_parallel_memory --devices 1 2 4 8 --n 8 --regions 64 --words 32 --dim 128
+    python -m benchmarks.bench_parallel_memory --devices 1 2 4 8 --n 8 --regions 64 --words 32 --dim
+    128
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,33 +47,61 @@ def worker(args: argparse.Namespace) -> None:
   rng = np.random.default_rng(0)
   put = lambda x: jax.device_put(x, sharding)
   inputs = (
-      put(rng.standard_normal((big, args.dim), np.float32)),
-      put(rng.standard_normal((big, args.dim), np.float32)),
-      put(rng.standard_normal((big, args.regions, args.dim), np.float32)),
-      put(rng.standard_normal((big, args.words, args.dim), np.float32)),
-      put(np.arange(args.words)[None, :] < rng.integers(args.words // 2, args.words + 1, (big, 1))),
+    put(rng.standard_normal((big, args.dim), np.float32)),
+    put(rng.standard_normal((big, args.dim), np.float32)),
+    put(rng.standard_normal((big, args.regions, args.dim), np.float32)),
+    put(rng.standard_normal((big, args.words, args.dim), np.float32)),
+    put(np.arange(args.words)[None, :] < rng.integers(args.words // 2, args.words + 1, (big, 1))),
   )
   for mode in args.modes:
     neg = parallel.sample_negatives(jax.random.key(0), big, d if mode == "device" else 1)
     loss = parallel.sharded_itm_loss(mesh, local_pairs=mode)
-    step = jax.jit(jax.value_and_grad(lambda i, t, r, w, m: loss(i, t, r, w, m, neg)[0],
-                                      argnums=(0, 1, 2, 3)))
+    step = jax.jit(
+      jax.value_and_grad(lambda i, t, r, w, m: loss(i, t, r, w, m, neg)[0], argnums=(0, 1, 2, 3))
+    )
     compiled = step.lower(*inputs).compile()
     memory = compiled.memory_analysis()
     seconds = time_fn(compiled, *inputs, repeats=args.repeats, warmup=1)
-    print(json.dumps(dict(devices=d, mode=mode, temp=int(memory.temp_size_in_bytes),
-                          arguments=int(memory.argument_size_in_bytes), seconds=seconds,
-                          pairs_per_device=args.n * (args.n if mode == "device" else big))),
-          flush=True)
+    print(
+      json.dumps(
+        dict(
+          devices=d,
+          mode=mode,
+          temp=int(memory.temp_size_in_bytes),
+          arguments=int(memory.argument_size_in_bytes),
+          seconds=seconds,
+          pairs_per_device=args.n * (args.n if mode == "device" else big),
+        )
+      ),
+      flush=True,
+    )
 
 
 def run_device_count(d: int, args: argparse.Namespace) -> list[dict]:
   """One fresh process with d simulated devices (the flag must precede jax's import)."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={d}").strip()
-  command = [sys.executable, "-m", "benchmarks.bench_parallel_memory", "--worker", str(d),
-             "--n", str(args.n), "--regions", str(args.regions), "--words", str(args.words),
-             "--dim", str(args.dim), "--repeats", str(args.repeats), "--modes", *args.modes]
+  env["XLA_FLAGS"] = (
+    env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={d}"
+  ).strip()
+  command = [
+    sys.executable,
+    "-m",
+    "benchmarks.bench_parallel_memory",
+    "--worker",
+    str(d),
+    "--n",
+    str(args.n),
+    "--regions",
+    str(args.regions),
+    "--words",
+    str(args.words),
+    "--dim",
+    str(args.dim),
+    "--repeats",
+    str(args.repeats),
+    "--modes",
+    *args.modes,
+  ]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
   if done.returncode:
@@ -78,7 +110,9 @@ def run_device_count(d: int, args: argparse.Namespace) -> list[dict]:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
   parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
   parser.add_argument("--n", type=int, default=8, help="pairs per device")
@@ -96,19 +130,25 @@ def main() -> None:
 
   rows = [row for d in args.devices for row in run_device_count(d, args)]
   base = {row["mode"]: row for row in rows if row["devices"] == min(args.devices)}
-  print(f"ITM objective, forward + backward, n={args.n} pairs/device, R={args.regions}, "
-        f"T={args.words}, D={args.dim}, float32; temp = compiled temp bytes per device")
-  header = (f"{'mode':<14}{'devices':>8}{'N':>6}{'temp/device':>14}{'vs d=' + str(min(args.devices)):>9}"
-            f"{'pairs/device':>14}{'time (all devices)':>20}{'time/pair (us)':>16}")
+  print(
+    f"ITM objective, forward + backward, n={args.n} pairs/device, R={args.regions}, "
+    f"T={args.words}, D={args.dim}, float32; temp = compiled temp bytes per device"
+  )
+  header = (
+    f"{'mode':<14}{'devices':>8}{'N':>6}{'temp/device':>14}{'vs d=' + str(min(args.devices)):>9}"
+    f"{'pairs/device':>14}{'time (all devices)':>20}{'time/pair (us)':>16}"
+  )
   print(header)
   print("-" * len(header))
   for mode in args.modes:
     for row in (r for r in rows if r["mode"] == mode):
       ratio = row["temp"] / base[mode]["temp"]
       total_pairs = row["pairs_per_device"] * row["devices"]
-      print(f"{mode:<14}{row['devices']:>8}{args.n * row['devices']:>6}"
-            f"{format_bytes(row['temp']):>14}{ratio:>8.2f}x{row['pairs_per_device']:>14}"
-            f"{row['seconds'] * 1e3:>17.1f} ms{row['seconds'] / total_pairs * 1e6:>16.1f}")
+      print(
+        f"{mode:<14}{row['devices']:>8}{args.n * row['devices']:>6}"
+        f"{format_bytes(row['temp']):>14}{ratio:>8.2f}x{row['pairs_per_device']:>14}"
+        f"{row['seconds'] * 1e3:>17.1f} ms{row['seconds'] / total_pairs * 1e6:>16.1f}"
+      )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 Prints compile time, seconds per step and examples/s for each step kind, and the paper's mixture
 rate (0.3 ITM + 0.7 MLM steps). Numbers, not pass/fail.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,9 @@ from jimte import optim, parallel, train
 from jimte.models.joimternet import build_model
 
 
-def fake_batch(rng: np.random.Generator, batch: int, image_size: int, max_len: int, vocab: int) -> dict:
+def fake_batch(
+  rng: np.random.Generator, batch: int, image_size: int, max_len: int, vocab: int
+) -> dict:
   tokens = rng.integers(5, vocab, size=(batch, max_len)).astype(np.int32)
   lengths = rng.integers(max_len // 2, max_len + 1, size=batch)
   pad = np.arange(max_len)[None, :] >= lengths[:, None]
@@ -28,12 +31,16 @@ def fake_batch(rng: np.random.Generator, batch: int, image_size: int, max_len: i
   tokens[:, 0] = 2
   tokens[np.arange(batch), lengths - 1] = 3
   weights = (rng.random((batch, max_len)) < 0.15) & ~pad
-  return {"image": rng.uniform(-1, 1, (batch, image_size, image_size, 1)).astype(np.float32),
-          "tokens": tokens, "mlm_tokens": np.where(weights, 4, tokens).astype(np.int32),
-          "mlm_targets": np.where(weights, tokens, 0).astype(np.int32),
-          "mlm_weights": weights.astype(np.float32),
-          "study_index": np.arange(batch, dtype=np.int32), "index": np.arange(batch, dtype=np.int32),
-          "valid": np.ones(batch, bool)}
+  return {
+    "image": rng.uniform(-1, 1, (batch, image_size, image_size, 1)).astype(np.float32),
+    "tokens": tokens,
+    "mlm_tokens": np.where(weights, 4, tokens).astype(np.int32),
+    "mlm_targets": np.where(weights, tokens, 0).astype(np.int32),
+    "mlm_weights": weights.astype(np.float32),
+    "study_index": np.arange(batch, dtype=np.int32),
+    "index": np.arange(batch, dtype=np.int32),
+    "valid": np.ones(batch, bool),
+  }
 
 
 def bench(config, repeats: int) -> dict[str, float]:
@@ -45,14 +52,29 @@ def bench(config, repeats: int) -> dict[str, float]:
   state, shardings = train.init_train_state(config, model, optimizers, mesh, jax.random.key(0))
   batch_sharding = parallel.batch_sharding(mesh)
   steps = {
-      "itm": train.make_itm_step(config, model, optimizers, schedule, train.make_objective(config, mesh), mesh),
-      "mlm": train.make_mlm_step(config, model, optimizers, schedule)}
-  batch = jax.device_put(fake_batch(np.random.default_rng(0), config.batch_size, config.image_size,
-                                    config.tokenizer.max_len, model_config.text.vocab_size), batch_sharding)
+    "itm": train.make_itm_step(
+      config, model, optimizers, schedule, train.make_objective(config, mesh), mesh
+    ),
+    "mlm": train.make_mlm_step(config, model, optimizers, schedule),
+  }
+  batch = jax.device_put(
+    fake_batch(
+      np.random.default_rng(0),
+      config.batch_size,
+      config.image_size,
+      config.tokenizer.max_len,
+      model_config.text.vocab_size,
+    ),
+    batch_sharding,
+  )
   out = {}
   for name, fn in steps.items():
-    step = jax.jit(fn, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
-                   donate_argnums=(0,))
+    step = jax.jit(
+      fn,
+      in_shardings=(shardings, batch_sharding),
+      out_shardings=(shardings, None),
+      donate_argnums=(0,),
+    )
     t0 = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
@@ -72,22 +94,29 @@ def bench(config, repeats: int) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--config", choices=["default", "paper"], default="default")
   parser.add_argument("--image_size", type=int, default=0, help="override the input size")
   parser.add_argument("--batch_size", type=int, default=0)
   parser.add_argument("--vocab_size", type=int, default=0)
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args(argv)
-  config = (default_config.get_config() if args.config == "default" else joimternet_paper.get_config())
+  config = (
+    default_config.get_config() if args.config == "default" else joimternet_paper.get_config()
+  )
   if args.image_size:
     config.image_size = args.image_size
   if args.batch_size:
     config.batch_size = args.batch_size
   if args.vocab_size:
     config.model.text.vocab_size = args.vocab_size
-  print(f"config={args.config} image_size={config.image_size} batch={config.batch_size} "
-        f"max_len={config.tokenizer.max_len} devices={jax.device_count()} backend={jax.default_backend()}")
+  print(
+    f"config={args.config} image_size={config.image_size} batch={config.batch_size} "
+    f"max_len={config.tokenizer.max_len} devices={jax.device_count()} "
+    f"backend={jax.default_backend()}"
+  )
   for k, v in bench(config, args.repeats).items():
     print(f"  {k:28s} {v:10.3f}")
 

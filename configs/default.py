@@ -1,10 +1,11 @@
 """The built-in default: the synthetic chest X-ray set, small towers, minutes on 2 CPU cores.
 
   python -m jimte.main --config configs/default.py --workdir workdirs/default
-  python -m jimte.main --config configs/default.py:runlocal --workdir /tmp/smoke   # a minute-long smoke run
-  configs/default.py:tiny   # tiny towers and data: what the tests run
+  python -m jimte.main --config configs/default.py:runlocal --workdir /tmp/smoke   # a minute-long
+  smoke run configs/default.py:tiny   # tiny towers and data: what the tests run
 Any field can be overridden with --config.<key>=<value>; an unknown key is an error naming it.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -19,27 +20,38 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
 
   # ----- Data: the deterministic phantom generator, served through tf.data.
-  c.data = ml_collections.ConfigDict(dict(
-      source="synthetic",          # synthetic | tfds
-      tfds_name="", tfds_config="", tfds_data_dir="",  # for source=tfds (data_pipeline/builders)
-      train_split="train", eval_split="test",
-      num_train=3000, num_eval=300,  # synthetic only
-      phantom_size=128,              # size the phantoms are drawn at
+  c.data = ml_collections.ConfigDict(
+    dict(
+      source="synthetic",  # synthetic | tfds
+      tfds_name="",
+      tfds_config="",
+      tfds_data_dir="",  # for source=tfds (data_pipeline/builders)
+      train_split="train",
+      eval_split="test",
+      num_train=3000,
+      num_eval=300,  # synthetic only
+      phantom_size=128,  # size the phantoms are drawn at
       seed=0,
       augment=True,
-  ))
+    )
+  )
   c.image_size = 128
-  c.tokenizer = ml_collections.ConfigDict(dict(
-      vocab_size=2000, max_len=160, model_type="unigram",
-      path="",   # an existing tokenizer dir; empty = train one on the train split's reports
-  ))
+  c.tokenizer = ml_collections.ConfigDict(
+    dict(
+      vocab_size=2000,
+      max_len=160,
+      model_type="unigram",
+      path="",  # an existing tokenizer dir; empty = train one on the train split's reports
+    )
+  )
 
   # ----- Model.
   c.model = small_model_config()
   c.model.text.max_len = c.tokenizer.get_ref("max_len")
   # From-scratch image-text matching starts on a plateau where both towers' vectors barely vary with
   # content; text dropout noise is then ~50x the content signal and keeps the run there for far
-  # longer than a CPU budget allows (measured: no escape in 400 steps with it, escape at ~240 without).
+  # longer than a CPU budget allows (measured: no escape in 400 steps with it, escape at ~240
+  # without).
   c.model.text.dropout = 0.0
   c.model.text.attention_dropout = 0.0
 
@@ -56,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ----- Schedule of the run (durations in epochs of the train split, resolved in one place),
   # ----- parallelism (config.mesh) and evaluators (config.evals).
   common.add_run_defaults(c)
-  c.batch_size = 32              # global batch
+  c.batch_size = 32  # global batch
   c.num_epochs = 8.0
 
   if args.runlocal or args.tiny:
@@ -65,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 16
     c.log_every_steps = 2
     c.checkpoint_every_steps = 4
-  if args.tiny:   # seconds per step: what the tests run (trainer, resume, multi-process)
+  if args.tiny:  # seconds per step: what the tests run (trainer, resume, multi-process)
     c.data.num_train, c.data.num_eval = 64, 32
     c.image_size = c.data.phantom_size = 64
     c.batch_size = 8

@@ -1,10 +1,11 @@
-"""The paper's sizes (JoImTeRNet, MLMI 2021): 2048 px X-rays, ResNet widths 16..512, 16x16 regions of
-dimension 512, a 3-layer BERT of width 512 with 160 tokens, batch 128, AdamW 1e-4, the 0.3/0.7
+"""The paper's sizes (JoImTeRNet, MLMI 2021): 2048 px X-rays, ResNet widths 16..512, 16x16 regions
+of dimension 512, a 3-layer BERT of width 512 with 160 tokens, batch 128, AdamW 1e-4, the 0.3/0.7
 image-text/MLM mixture, lr x0.1 at epoch 30.
 
   python -m jimte.main --config configs/joimternet_paper.py:tfds_name=iu_xray --workdir gs://...
   configs/joimternet_paper.py:image_size=512   # the same towers at a reduced input (benchmarks)
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -14,19 +15,30 @@ from jimte.models.joimternet import paper_model_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, image_size=2048, tfds_name="iu_xray", tfds_data_dir="", batch_size=128,
-                          synthetic=False)
+  args = common.parse_arg(
+    arg, image_size=2048, tfds_name="iu_xray", tfds_data_dir="", batch_size=128, synthetic=False
+  )
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.data = ml_collections.ConfigDict(dict(
+  c.data = ml_collections.ConfigDict(
+    dict(
       source="synthetic" if args.synthetic else "tfds",
-      tfds_name=args.tfds_name, tfds_config="", tfds_data_dir=args.tfds_data_dir,
-      train_split="train", eval_split="test",
-      num_train=4096, num_eval=512, phantom_size=args.image_size, seed=0,
+      tfds_name=args.tfds_name,
+      tfds_config="",
+      tfds_data_dir=args.tfds_data_dir,
+      train_split="train",
+      eval_split="test",
+      num_train=4096,
+      num_eval=512,
+      phantom_size=args.image_size,
+      seed=0,
       augment=True,
-  ))
+    )
+  )
   c.image_size = args.image_size
-  c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=8000, max_len=160, model_type="unigram", path=""))
+  c.tokenizer = ml_collections.ConfigDict(
+    dict(vocab_size=8000, max_len=160, model_type="unigram", path="")
+  )
 
   c.model = paper_model_config()
   c.model.text.max_len = c.tokenizer.get_ref("max_len")

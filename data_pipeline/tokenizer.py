@@ -2,8 +2,8 @@
 
 Ids: PAD = 0, UNK = 1, BOS = 2 (plays [CLS]), EOS = 3, MASK = 4 ('[MASK]', a user-defined symbol).
 A sequence of fixed length L is ``[BOS] w1 .. wn [EOS] [PAD] ..``; truncation drops words, never the
-``[EOS]``. The same text normaliser runs at training time, in the tf.data graph and in eager numpy code,
-so the three agree id for id.
+``[EOS]``. The same text normaliser runs at training time, in the tf.data graph and in eager numpy
+code, so the three agree id for id.
 
 Command line (one report per line in a text file, or columns of a CSV joined by '+')::
 
@@ -50,284 +50,306 @@ _REDACTION = "XXXX"
 # A private-use code point: NFKC and lower-casing leave it unchanged, so it shields the redaction
 # through lower-casing both here and in the TensorFlow graph.
 _REDACTION_PLACEHOLDER = "\ue000"
-# Explicit ASCII whitespace class: Python's and RE2's '\s' differ, this spelling means the same in both.
+# Explicit ASCII whitespace class: Python's and RE2's '\s' differ, this spelling means the same in
+# both.
 _WHITESPACE_PATTERN = "[ \\t\\n\\r\\f\\v]+"
 _WHITESPACE_RE = re.compile(_WHITESPACE_PATTERN)
 
 
 def normalize_text(text: str) -> str:
-    """Normalises one report: NFKC, lower-case except 'XXXX' redactions, whitespace runs -> one space."""
-    text = unicodedata.normalize("NFKC", text)
-    text = text.replace(_REDACTION, _REDACTION_PLACEHOLDER).lower()
-    text = text.replace(_REDACTION_PLACEHOLDER, _REDACTION)
-    return _WHITESPACE_RE.sub(" ", text).strip(" ")
+  """Normalises one report: NFKC, lower-case except 'XXXX' redactions, whitespace runs -> one
+  space."""
+  text = unicodedata.normalize("NFKC", text)
+  text = text.replace(_REDACTION, _REDACTION_PLACEHOLDER).lower()
+  text = text.replace(_REDACTION_PLACEHOLDER, _REDACTION)
+  return _WHITESPACE_RE.sub(" ", text).strip(" ")
 
 
 def normalize_text_tf(texts: tf.Tensor) -> tf.Tensor:
-    """The graph version of `normalize_text`, element-wise on a string tensor of any shape."""
-    texts = tf_text.normalize_utf8(texts, "NFKC")
-    texts = tf.strings.regex_replace(texts, _REDACTION, _REDACTION_PLACEHOLDER, replace_global=True)
-    texts = tf.strings.lower(texts, encoding="utf-8")
-    texts = tf.strings.regex_replace(texts, _REDACTION_PLACEHOLDER, _REDACTION, replace_global=True)
-    texts = tf.strings.regex_replace(texts, _WHITESPACE_PATTERN, " ", replace_global=True)
-    return tf.strings.strip(texts)
+  """The graph version of `normalize_text`, element-wise on a string tensor of any shape."""
+  texts = tf_text.normalize_utf8(texts, "NFKC")
+  texts = tf.strings.regex_replace(texts, _REDACTION, _REDACTION_PLACEHOLDER, replace_global=True)
+  texts = tf.strings.lower(texts, encoding="utf-8")
+  texts = tf.strings.regex_replace(texts, _REDACTION_PLACEHOLDER, _REDACTION, replace_global=True)
+  texts = tf.strings.regex_replace(texts, _WHITESPACE_PATTERN, " ", replace_global=True)
+  return tf.strings.strip(texts)
 
 
 def train_sentencepiece(
-    texts: Iterable[str],
-    *,
-    vocab_size: int = 8000,
-    model_type: str = "unigram",
-    character_coverage: float = 1.0,
-    byte_fallback: bool = True,
-    input_sentence_size: int = 0,
-    num_threads: int | None = None,
+  texts: Iterable[str],
+  *,
+  vocab_size: int = 8000,
+  model_type: str = "unigram",
+  character_coverage: float = 1.0,
+  byte_fallback: bool = True,
+  input_sentence_size: int = 0,
+  num_threads: int | None = None,
 ) -> bytes:
-    """Trains a SentencePiece model in memory on normalised texts; returns the serialized model proto.
+  """Trains a SentencePiece model in memory on normalised texts; returns the serialized model proto.
 
-    Ids follow the contract (PAD 0, UNK 1, BOS 2, EOS 3, '[MASK]' 4). `byte_fallback` spells characters
-    unseen in training as UTF-8 bytes instead of UNK, so decode(encode(x)) == normalize_text(x) always.
-    The vocabulary limit is soft: a small corpus may yield fewer pieces than `vocab_size`.
-    `input_sentence_size` > 0 trains on that many randomly sampled texts (for very large corpora).
-    """
-    if model_type not in ("unigram", "bpe"):
-        raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
+  Ids follow the contract (PAD 0, UNK 1, BOS 2, EOS 3, '[MASK]' 4). `byte_fallback` spells
+  characters unseen in training as UTF-8 bytes instead of UNK, so decode(encode(x)) ==
+  normalize_text(x) always. The vocabulary limit is soft: a small corpus may yield fewer pieces than
+  `vocab_size`. `input_sentence_size` > 0 trains on that many randomly sampled texts (for very large
+  corpora).
+  """
+  if model_type not in ("unigram", "bpe"):
+    raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
 
-    def normalised_nonempty() -> Iterator[str]:
-        for text in texts:
-            text = normalize_text(text)
-            if text:
-                yield text
+  def normalised_nonempty() -> Iterator[str]:
+    for text in texts:
+      text = normalize_text(text)
+      if text:
+        yield text
 
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=normalised_nonempty(),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        character_coverage=character_coverage,
-        byte_fallback=byte_fallback,
-        pad_id=PAD_ID,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        user_defined_symbols=[MASK_PIECE],
-        # Our normaliser already did the work; SentencePiece must not alter the text further, or the
-        # decoded text would differ from normalize_text(x).
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=True,
-        hard_vocab_limit=False,
-        max_sentence_length=1 << 16,
-        input_sentence_size=input_sentence_size,
-        shuffle_input_sentence=input_sentence_size > 0,
-        num_threads=num_threads or os.cpu_count() or 1,
-        minloglevel=2,
-    )
-    return model.getvalue()
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=normalised_nonempty(),
+    model_writer=model,
+    vocab_size=vocab_size,
+    model_type=model_type,
+    character_coverage=character_coverage,
+    byte_fallback=byte_fallback,
+    pad_id=PAD_ID,
+    unk_id=UNK_ID,
+    bos_id=BOS_ID,
+    eos_id=EOS_ID,
+    user_defined_symbols=[MASK_PIECE],
+    # Our normaliser already did the work; SentencePiece must not alter the text further, or the
+    # decoded text would differ from normalize_text(x).
+    normalization_rule_name="identity",
+    remove_extra_whitespaces=True,
+    hard_vocab_limit=False,
+    max_sentence_length=1 << 16,
+    input_sentence_size=input_sentence_size,
+    shuffle_input_sentence=input_sentence_size > 0,
+    num_threads=num_threads or os.cpu_count() or 1,
+    minloglevel=2,
+  )
+  return model.getvalue()
 
 
 class Tokenizer:
-    """A trained SentencePiece model plus the fixed sequence length; tokenizes in-graph and eagerly."""
+  """A trained SentencePiece model plus the fixed sequence length; tokenizes in-graph and
+  eagerly."""
 
-    def __init__(self, model_proto: bytes, max_len: int = 160):
-        if max_len < 2:
-            raise ValueError(f"max_len must leave room for [BOS] and [EOS], got {max_len}")
-        self._model_proto = bytes(model_proto)
-        self.max_len = int(max_len)
-        self._processor = spm.SentencePieceProcessor(model_proto=self._model_proto)
-        expected = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID, "mask": MASK_ID}
-        actual = {
-            "pad": self._processor.pad_id(),
-            "unk": self._processor.unk_id(),
-            "bos": self._processor.bos_id(),
-            "eos": self._processor.eos_id(),
-            "mask": self._processor.piece_to_id(MASK_PIECE),
-        }
-        if actual != expected:
-            raise ValueError(f"SentencePiece model ids {actual} differ from the contract {expected}")
-        self._graph_tokenizer = tf_text.SentencepieceTokenizer(
-            model=self._model_proto, out_type=tf.int32, add_bos=False, add_eos=False
-        )
+  def __init__(self, model_proto: bytes, max_len: int = 160):
+    if max_len < 2:
+      raise ValueError(f"max_len must leave room for [BOS] and [EOS], got {max_len}")
+    self._model_proto = bytes(model_proto)
+    self.max_len = int(max_len)
+    self._processor = spm.SentencePieceProcessor(model_proto=self._model_proto)
+    expected = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID, "mask": MASK_ID}
+    actual = {
+      "pad": self._processor.pad_id(),
+      "unk": self._processor.unk_id(),
+      "bos": self._processor.bos_id(),
+      "eos": self._processor.eos_id(),
+      "mask": self._processor.piece_to_id(MASK_PIECE),
+    }
+    if actual != expected:
+      raise ValueError(f"SentencePiece model ids {actual} differ from the contract {expected}")
+    self._graph_tokenizer = tf_text.SentencepieceTokenizer(
+      model=self._model_proto, out_type=tf.int32, add_bos=False, add_eos=False
+    )
 
-    # --- construction and persistence -------------------------------------------------------------
+  # --- construction and persistence -------------------------------------------------------------
 
-    @classmethod
-    def train(cls, texts: Iterable[str], *, max_len: int = 160, **train_kwargs) -> "Tokenizer":
-        """Trains a model on `texts` (see `train_sentencepiece` for the keyword arguments)."""
-        return cls(train_sentencepiece(texts, **train_kwargs), max_len=max_len)
+  @classmethod
+  def train(cls, texts: Iterable[str], *, max_len: int = 160, **train_kwargs) -> "Tokenizer":
+    """Trains a model on `texts` (see `train_sentencepiece` for the keyword arguments)."""
+    return cls(train_sentencepiece(texts, **train_kwargs), max_len=max_len)
 
-    def save(self, directory: str | os.PathLike) -> str:
-        """Writes `spm.model` and `tokenizer.json` (max_len, ids, normaliser) into `directory`.
+  def save(self, directory: str | os.PathLike) -> str:
+    """Writes `spm.model` and `tokenizer.json` (max_len, ids, normaliser) into `directory`.
 
-        Paths go through tf.io.gfile, so the directory may be local or on GCS (gs://...).
-        """
-        directory = os.fspath(directory)
-        tf.io.gfile.makedirs(directory)
-        with tf.io.gfile.GFile(os.path.join(directory, MODEL_FILENAME), "wb") as f:
-            f.write(self._model_proto)
-        config = {
-            "max_len": self.max_len,
-            "vocab_size": self.vocab_size,
-            "pad_id": PAD_ID,
-            "unk_id": UNK_ID,
-            "bos_id": BOS_ID,
-            "eos_id": EOS_ID,
-            "mask_id": MASK_ID,
-            "normalizer": NORMALIZER_NAME,
-        }
-        with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILENAME), "w") as f:
-            f.write(json.dumps(config, indent=2) + "\n")
-        return directory
+    Paths go through tf.io.gfile, so the directory may be local or on GCS (gs://...).
+    """
+    directory = os.fspath(directory)
+    tf.io.gfile.makedirs(directory)
+    with tf.io.gfile.GFile(os.path.join(directory, MODEL_FILENAME), "wb") as f:
+      f.write(self._model_proto)
+    config = {
+      "max_len": self.max_len,
+      "vocab_size": self.vocab_size,
+      "pad_id": PAD_ID,
+      "unk_id": UNK_ID,
+      "bos_id": BOS_ID,
+      "eos_id": EOS_ID,
+      "mask_id": MASK_ID,
+      "normalizer": NORMALIZER_NAME,
+    }
+    with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILENAME), "w") as f:
+      f.write(json.dumps(config, indent=2) + "\n")
+    return directory
 
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> "Tokenizer":
-        """Reads a tokenizer written by `save`; refuses one made with a different normaliser."""
-        directory = os.fspath(directory)
-        with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILENAME)) as f:
-            config = json.loads(f.read())
-        if config.get("normalizer") != NORMALIZER_NAME:
-            raise ValueError(
-                f"{directory} was saved with normaliser {config.get('normalizer')!r}; "
-                f"this code implements {NORMALIZER_NAME!r}"
-            )
-        with tf.io.gfile.GFile(os.path.join(directory, MODEL_FILENAME), "rb") as f:
-            tokenizer = cls(f.read(), max_len=config["max_len"])
-        if tokenizer.vocab_size != config["vocab_size"]:
-            raise ValueError(f"{directory}: model vocab {tokenizer.vocab_size} != json {config['vocab_size']}")
-        return tokenizer
+  @classmethod
+  def load(cls, directory: str | os.PathLike) -> "Tokenizer":
+    """Reads a tokenizer written by `save`; refuses one made with a different normaliser."""
+    directory = os.fspath(directory)
+    with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILENAME)) as f:
+      config = json.loads(f.read())
+    if config.get("normalizer") != NORMALIZER_NAME:
+      raise ValueError(
+        f"{directory} was saved with normaliser {config.get('normalizer')!r}; "
+        f"this code implements {NORMALIZER_NAME!r}"
+      )
+    with tf.io.gfile.GFile(os.path.join(directory, MODEL_FILENAME), "rb") as f:
+      tokenizer = cls(f.read(), max_len=config["max_len"])
+    if tokenizer.vocab_size != config["vocab_size"]:
+      raise ValueError(
+        f"{directory}: model vocab {tokenizer.vocab_size} != json {config['vocab_size']}"
+      )
+    return tokenizer
 
-    # --- properties --------------------------------------------------------------------------------
+  # --- properties --------------------------------------------------------------------------------
 
-    @property
-    def model_proto(self) -> bytes:
-        """The serialized SentencePiece model."""
-        return self._model_proto
+  @property
+  def model_proto(self) -> bytes:
+    """The serialized SentencePiece model."""
+    return self._model_proto
 
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids, special ones included."""
-        return self._processor.get_piece_size()
+  @property
+  def vocab_size(self) -> int:
+    """Number of ids, special ones included."""
+    return self._processor.get_piece_size()
 
-    pad_id = PAD_ID
-    unk_id = UNK_ID
-    bos_id = BOS_ID
-    eos_id = EOS_ID
-    mask_id = MASK_ID
-    first_ordinary_id = FIRST_ORDINARY_ID
+  pad_id = PAD_ID
+  unk_id = UNK_ID
+  bos_id = BOS_ID
+  eos_id = EOS_ID
+  mask_id = MASK_ID
+  first_ordinary_id = FIRST_ORDINARY_ID
 
-    def id_to_piece(self, token_id: int) -> str:
-        """The vocabulary piece of one id (for inspection and debugging)."""
-        return self._processor.id_to_piece(int(token_id))
+  def id_to_piece(self, token_id: int) -> str:
+    """The vocabulary piece of one id (for inspection and debugging)."""
+    return self._processor.id_to_piece(int(token_id))
 
-    # --- tokenizing --------------------------------------------------------------------------------
+  # --- tokenizing --------------------------------------------------------------------------------
 
-    def tokenize(self, texts: tf.Tensor | str | Sequence[str]) -> tf.Tensor:
-        """In-graph: strings of shape [] or [N] -> int32 [L] or [N, L] (usable inside tf.data maps)."""
-        texts = tf.convert_to_tensor(texts, dtype=tf.string)
-        if texts.shape.rank not in (0, 1):
-            raise ValueError(f"tokenize takes a scalar or a vector of strings, got shape {texts.shape}")
-        is_scalar = texts.shape.rank == 0
-        batch = tf.reshape(texts, [-1])
-        pieces = self._graph_tokenizer.tokenize(normalize_text_tf(batch))
-        pieces = pieces[:, : self.max_len - 2]
-        rows = tf.shape(batch, out_type=tf.int64)[0]
-        bos = tf.RaggedTensor.from_tensor(tf.fill(tf.stack([rows, 1]), tf.constant(BOS_ID, tf.int32)))
-        eos = tf.RaggedTensor.from_tensor(tf.fill(tf.stack([rows, 1]), tf.constant(EOS_ID, tf.int32)))
-        ids = tf.concat([bos, tf.cast(pieces, tf.int32), eos], axis=1)
-        ids = ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_len])
-        return ids[0] if is_scalar else ids
+  def tokenize(self, texts: tf.Tensor | str | Sequence[str]) -> tf.Tensor:
+    """In-graph: strings of shape [] or [N] -> int32 [L] or [N, L] (usable inside tf.data maps)."""
+    texts = tf.convert_to_tensor(texts, dtype=tf.string)
+    if texts.shape.rank not in (0, 1):
+      raise ValueError(f"tokenize takes a scalar or a vector of strings, got shape {texts.shape}")
+    is_scalar = texts.shape.rank == 0
+    batch = tf.reshape(texts, [-1])
+    pieces = self._graph_tokenizer.tokenize(normalize_text_tf(batch))
+    pieces = pieces[:, : self.max_len - 2]
+    rows = tf.shape(batch, out_type=tf.int64)[0]
+    bos = tf.RaggedTensor.from_tensor(tf.fill(tf.stack([rows, 1]), tf.constant(BOS_ID, tf.int32)))
+    eos = tf.RaggedTensor.from_tensor(tf.fill(tf.stack([rows, 1]), tf.constant(EOS_ID, tf.int32)))
+    ids = tf.concat([bos, tf.cast(pieces, tf.int32), eos], axis=1)
+    ids = ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_len])
+    return ids[0] if is_scalar else ids
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Eager: a list of strings -> int32 [N, L], identical to `tokenize`."""
-        if isinstance(texts, str):
-            raise TypeError("encode takes a sequence of strings; wrap a single text in a list")
-        out = np.full((len(texts), self.max_len), PAD_ID, dtype=np.int32)
-        for row, text in enumerate(texts):
-            pieces = self._processor.encode(normalize_text(text), out_type=int)[: self.max_len - 2]
-            ids = [BOS_ID, *pieces, EOS_ID]
-            out[row, : len(ids)] = ids
-        return out
+  def encode(self, texts: Sequence[str]) -> np.ndarray:
+    """Eager: a list of strings -> int32 [N, L], identical to `tokenize`."""
+    if isinstance(texts, str):
+      raise TypeError("encode takes a sequence of strings; wrap a single text in a list")
+    out = np.full((len(texts), self.max_len), PAD_ID, dtype=np.int32)
+    for row, text in enumerate(texts):
+      pieces = self._processor.encode(normalize_text(text), out_type=int)[: self.max_len - 2]
+      ids = [BOS_ID, *pieces, EOS_ID]
+      out[row, : len(ids)] = ids
+    return out
 
-    def decode(self, ids: np.ndarray | Sequence[int] | Sequence[Sequence[int]]) -> list[str]:
-        """Ids [L] or [N, L] -> texts: reads after [BOS] up to the first [EOS], skips [PAD]."""
-        ids = np.asarray(ids)
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2:
-            raise ValueError(f"decode takes ids of shape [L] or [N, L], got {ids.shape}")
-        texts = []
-        for row in ids.tolist():
-            if row and row[0] == BOS_ID:
-                row = row[1:]
-            if EOS_ID in row:
-                row = row[: row.index(EOS_ID)]
-            texts.append(self._processor.decode([i for i in row if i != PAD_ID]))
-        return texts
+  def decode(self, ids: np.ndarray | Sequence[int] | Sequence[Sequence[int]]) -> list[str]:
+    """Ids [L] or [N, L] -> texts: reads after [BOS] up to the first [EOS], skips [PAD]."""
+    ids = np.asarray(ids)
+    if ids.ndim == 1:
+      ids = ids[None]
+    if ids.ndim != 2:
+      raise ValueError(f"decode takes ids of shape [L] or [N, L], got {ids.shape}")
+    texts = []
+    for row in ids.tolist():
+      if row and row[0] == BOS_ID:
+        row = row[1:]
+      if EOS_ID in row:
+        row = row[: row.index(EOS_ID)]
+      texts.append(self._processor.decode([i for i in row if i != PAD_ID]))
+    return texts
 
 
-# --- command line ----------------------------------------------------------------------------------
+# --- command line
+#   ----------------------------------------------------------------------------------
 
 
 def read_texts(spec: str) -> list[str]:
-    """Reads reports from 'file.txt' (one per line) or 'file.csv[:col1+col2]' (columns joined by a space).
+  """Reads reports from 'file.txt' (one per line) or 'file.csv[:col1+col2]' (columns joined by a
+  space).
 
-    A CSV without a column spec uses its 'text' column. Empty reports are dropped.
-    """
-    path, columns = spec, None
-    if ":" in spec:
-        head, tail = spec.rsplit(":", 1)
-        if tail and "/" not in tail and os.sep not in tail:
-            path, columns = head, tail.split("+")
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = columns or ["text"]
-            missing = [c for c in columns if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{path}: no column(s) {missing}; columns are {reader.fieldnames}")
-            texts = [" ".join((row[c] or "").strip() for c in columns).strip() for row in reader]
-    else:
-        if columns:
-            raise ValueError(f"{path}: column spec {columns} given for a non-CSV file")
-        texts = path.read_text(encoding="utf-8").splitlines()
-    return [t for t in texts if t.strip()]
+  A CSV without a column spec uses its 'text' column. Empty reports are dropped.
+  """
+  path, columns = spec, None
+  if ":" in spec:
+    head, tail = spec.rsplit(":", 1)
+    if tail and "/" not in tail and os.sep not in tail:
+      path, columns = head, tail.split("+")
+  path = Path(path)
+  if path.suffix.lower() == ".csv":
+    with path.open(newline="", encoding="utf-8") as handle:
+      reader = csv.DictReader(handle)
+      columns = columns or ["text"]
+      missing = [c for c in columns if c not in (reader.fieldnames or [])]
+      if missing:
+        raise ValueError(f"{path}: no column(s) {missing}; columns are {reader.fieldnames}")
+      texts = [" ".join((row[c] or "").strip() for c in columns).strip() for row in reader]
+  else:
+    if columns:
+      raise ValueError(f"{path}: column spec {columns} given for a non-CSV file")
+    texts = path.read_text(encoding="utf-8").splitlines()
+  return [t for t in texts if t.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Trains a tokenizer from report files and saves it to --out."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--texts", action="append", required=True,
-                        help="FILE.txt (one report per line) or FILE.csv[:col1+col2]; repeat to combine")
-    parser.add_argument("--vocab_size", type=int, default=8000)
-    parser.add_argument("--model_type", choices=("unigram", "bpe"), default="unigram")
-    parser.add_argument("--character_coverage", type=float, default=1.0)
-    parser.add_argument("--no_byte_fallback", action="store_true",
-                        help="map unseen characters to UNK instead of spelling them as bytes")
-    parser.add_argument("--input_sentence_size", type=int, default=0,
-                        help="train on this many sampled reports (0: all)")
-    parser.add_argument("--max_len", type=int, default=160)
-    parser.add_argument("--out", required=True, help="directory to write spm.model and tokenizer.json")
-    args = parser.parse_args(argv)
+  """Trains a tokenizer from report files and saves it to --out."""
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--texts",
+    action="append",
+    required=True,
+    help="FILE.txt (one report per line) or FILE.csv[:col1+col2]; repeat to combine",
+  )
+  parser.add_argument("--vocab_size", type=int, default=8000)
+  parser.add_argument("--model_type", choices=("unigram", "bpe"), default="unigram")
+  parser.add_argument("--character_coverage", type=float, default=1.0)
+  parser.add_argument(
+    "--no_byte_fallback",
+    action="store_true",
+    help="map unseen characters to UNK instead of spelling them as bytes",
+  )
+  parser.add_argument(
+    "--input_sentence_size", type=int, default=0, help="train on this many sampled reports (0: all)"
+  )
+  parser.add_argument("--max_len", type=int, default=160)
+  parser.add_argument(
+    "--out", required=True, help="directory to write spm.model and tokenizer.json"
+  )
+  args = parser.parse_args(argv)
 
-    texts = [text for spec in args.texts for text in read_texts(spec)]
-    tokenizer = Tokenizer.train(
-        texts,
-        max_len=args.max_len,
-        vocab_size=args.vocab_size,
-        model_type=args.model_type,
-        character_coverage=args.character_coverage,
-        byte_fallback=not args.no_byte_fallback,
-        input_sentence_size=args.input_sentence_size,
-    )
-    out = tokenizer.save(args.out)
-    lengths = (tokenizer.encode(texts) != PAD_ID).sum(axis=1)
-    truncated = int((lengths == tokenizer.max_len).sum())
-    print(f"trained on {len(texts)} reports: vocab {tokenizer.vocab_size}, tokens/report "
-          f"median {int(np.median(lengths))} max {int(lengths.max())}, "
-          f"{truncated} fill max_len {tokenizer.max_len} (possibly truncated); saved to {out}")
-    return 0
+  texts = [text for spec in args.texts for text in read_texts(spec)]
+  tokenizer = Tokenizer.train(
+    texts,
+    max_len=args.max_len,
+    vocab_size=args.vocab_size,
+    model_type=args.model_type,
+    character_coverage=args.character_coverage,
+    byte_fallback=not args.no_byte_fallback,
+    input_sentence_size=args.input_sentence_size,
+  )
+  out = tokenizer.save(args.out)
+  lengths = (tokenizer.encode(texts) != PAD_ID).sum(axis=1)
+  truncated = int((lengths == tokenizer.max_len).sum())
+  print(
+    f"trained on {len(texts)} reports: vocab {tokenizer.vocab_size}, tokens/report "
+    f"median {int(np.median(lengths))} max {int(lengths.max())}, "
+    f"{truncated} fill max_len {tokenizer.max_len} (possibly truncated); saved to {out}"
+  )
+  return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+  sys.exit(main())

@@ -4,6 +4,7 @@ Saves are asynchronous and atomic (orbax writes to a temporary directory and ren
 complete), so a process killed mid-save leaves the previous checkpoint as the latest complete one.
 Kept: the last `keep` checkpoints, and optionally the best `keep_best` by a metric.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,20 +20,36 @@ from orbax.checkpoint import checkpoint_managers
 class Checkpointer:
   """A thin wrapper over `ocp.CheckpointManager` with items 'state' (pytree) and 'meta' (JSON)."""
 
-  def __init__(self, directory: str, *, keep: int = 2, keep_best: int = 0,
-               best_metric: str = "", best_mode: str = "max", async_save: bool = True):
+  def __init__(
+    self,
+    directory: str,
+    *,
+    keep: int = 2,
+    keep_best: int = 0,
+    best_metric: str = "",
+    best_mode: str = "max",
+    async_save: bool = True,
+  ):
     self.directory = os.path.abspath(directory) if "://" not in directory else directory
     policies = [checkpoint_managers.LatestN(n=max(keep, 1))]
     if keep_best and best_metric:
-      policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda metrics: metrics[best_metric], reverse=(best_mode == "min"),
-          n=keep_best, keep_checkpoints_without_metrics=False))
+      policies.append(
+        checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics[best_metric],
+          reverse=(best_mode == "min"),
+          n=keep_best,
+          keep_checkpoints_without_metrics=False,
+        )
+      )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
-        create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+      preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
+      create=True,
+    )
+    self.manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=("state", "meta")
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -40,20 +57,28 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None, force: bool = True) -> bool:
+  def save(
+    self, step: int, state: Any, meta: dict, metrics: dict | None = None, force: bool = True
+  ) -> bool:
     """Starts a (possibly asynchronous) save of `state` and `meta` at `step`."""
     return self.manager.save(
-        int(step),
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        metrics=metrics, force=force)
+      int(step),
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      metrics=metrics,
+      force=force,
+    )
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
     """Restores into the structure, dtypes and shardings of `abstract_state` (ShapeDtypeStructs)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+      ),
+    )
     return restored["state"], dict(restored["meta"])
 
   def wait(self) -> None:
@@ -67,8 +92,12 @@ class Checkpointer:
 def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
   """ShapeDtypeStructs (with shardings when given) describing `tree`, for restoring into."""
   if shardings is None:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+    return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+    )
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
 
 
 def load_state_numpy(directory: str, step: int | None = None) -> tuple[Any, dict]:
@@ -86,7 +115,9 @@ def load_state_numpy(directory: str, step: int | None = None) -> tuple[Any, dict
   reader = ocp.PyTreeCheckpointer()
   tree = reader.metadata(os.path.join(step_dir, "state")).item_metadata.tree
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  state = reader.restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  state = reader.restore(
+    os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(restore_args=restore_args)
+  )
   with open(os.path.join(step_dir, "meta", "metadata")) as f:
     meta = json.load(f)
   return state, meta

@@ -1,5 +1,7 @@
-"""Metric sinks: TensorBoard event files (readable by `tensorboard --logdir WORKDIR`) and a JSON-lines
-log, written by process 0 only. Metric names are namespaced by prefix: train/, eval/, health/."""
+"""Metric sinks: TensorBoard event files (readable by `tensorboard --logdir WORKDIR`) and a
+JSON-lines log, written by process 0 only. Metric names are namespaced by prefix: train/, eval/,
+health/."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +21,9 @@ class MetricWriter:
     if not enabled:
       return
     import tensorflow as tf  # TensorFlow writes the event files; kept off the JAX import path.
+
     tf.config.set_visible_devices([], "GPU")
-    tf.io.gfile.makedirs(workdir)   # local or GCS
+    tf.io.gfile.makedirs(workdir)  # local or GCS
     self._tf = tf
     self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
     self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")

@@ -1,10 +1,11 @@
 """Optimizers: one AdamW per tower with its own gradient clipping, and the learning-rate schedules.
 
 The towers get separate optimizer states because the paper's mixture updates the text tower alone on
-MLM steps: an image optimizer fed zero gradients would still decay and move its weights. The schedule
-is a function of the *global* step (not of a tower's own update count), written into the optimizer's
-injected hyperparameters at every update.
+MLM steps: an image optimizer fed zero gradients would still decay and move its weights. The
+schedule is a function of the *global* step (not of a tower's own update count), written into the
+optimizer's injected hyperparameters at every update.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -17,8 +18,9 @@ import optax
 TOWERS = ("image", "text")
 
 
-def make_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int,
-                  total_steps: int) -> Callable[[jax.Array], jax.Array]:
+def make_schedule(
+  optim: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+) -> Callable[[jax.Array], jax.Array]:
   """Learning rate as a function of the global step: 'constant', 'step' (x factor at an epoch) or
   'warmup_cosine' (linear warmup over warmup_epochs, cosine decay to zero at total_steps)."""
   base = optim.learning_rate
@@ -32,10 +34,16 @@ def make_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int,
   if optim.schedule == "warmup_cosine":
     warmup = int(round(optim.warmup_epochs * steps_per_epoch))
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=base, warmup_steps=max(warmup, 0),
-        decay_steps=max(total_steps, warmup + 1), end_value=0.0)
-  raise ValueError(f"config.optim.schedule: unknown schedule {optim.schedule!r} "
-                   "(expected constant | step | warmup_cosine)")
+      init_value=0.0,
+      peak_value=base,
+      warmup_steps=max(warmup, 0),
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=0.0,
+    )
+  raise ValueError(
+    f"config.optim.schedule: unknown schedule {optim.schedule!r} "
+    "(expected constant | step | warmup_cosine)"
+  )
 
 
 def _decay_mask(params):
@@ -45,11 +53,20 @@ def _decay_mask(params):
 
 def make_tower_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """clip_by_global_norm(clip_norm) then AdamW, with the learning rate injected per step."""
+
   def build(learning_rate):
     return optax.chain(
-        optax.clip_by_global_norm(optim.clip_norm),
-        optax.adamw(learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                    weight_decay=optim.weight_decay, mask=_decay_mask))
+      optax.clip_by_global_norm(optim.clip_norm),
+      optax.adamw(
+        learning_rate,
+        b1=optim.b1,
+        b2=optim.b2,
+        eps=optim.eps,
+        weight_decay=optim.weight_decay,
+        mask=_decay_mask,
+      ),
+    )
+
   return optax.inject_hyperparams(build)(learning_rate=optim.learning_rate)
 
 
@@ -60,7 +77,9 @@ def make_optimizers(optim: ml_collections.ConfigDict) -> dict[str, optax.Gradien
 def apply_tower_update(tx: optax.GradientTransformation, opt_state, params, grads, learning_rate):
   """One optimizer update of one tower at the given learning rate -> (new params, new opt state)."""
   hyper = dict(opt_state.hyperparams)
-  hyper["learning_rate"] = jnp.asarray(learning_rate, dtype=jnp.asarray(hyper["learning_rate"]).dtype)
+  hyper["learning_rate"] = jnp.asarray(
+    learning_rate, dtype=jnp.asarray(hyper["learning_rate"]).dtype
+  )
   opt_state = opt_state._replace(hyperparams=hyper)
   updates, opt_state = tx.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state

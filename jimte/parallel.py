@@ -1,15 +1,16 @@
 """The device mesh, parameter sharding rules, and the JoImTeRNet objectives over the global batch.
 
 Three parts:
-- `make_mesh` builds the mesh from the config (`axes=(('data', -1), ('fsdp', 1))`, optional 'model');
-  `batch_sharding` splits the leading dimension of a batch over the data axes.
+- `make_mesh` builds the mesh from the config (`axes=(('data', -1), ('fsdp', 1))`, optional
+  'model'); `batch_sharding` splits the leading dimension of a batch over the data axes.
 - `param_shardings` places parameters by regex rules over their '/'-joined paths, then shards every
   remaining large tensor over 'fsdp' (its largest divisible dimension) and replicates small ones.
 - `sharded_itm_loss` evaluates `losses.itm_loss` over a batch of N pairs split over d devices
   (n = N / d each) inside `jax.shard_map`, with explicit collectives. Values and gradients equal the
-  single-device computation on the whole batch; the region-word scores go round a ring so that memory
-  per device does not grow with d (see `_ring_word_scores`).
+  single-device computation on the whole batch; the region-word scores go round a ring so that
+  memory per device does not grow with d (see `_ring_word_scores`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,9 +32,10 @@ BATCH_AXES = ("data", "fsdp")
 _AXIS_TYPES = {"auto": jax.sharding.AxisType.Auto, "explicit": jax.sharding.AxisType.Explicit}
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Mesh.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
   """Reads `key` from a ConfigDict or a mapping (`.get`), or else an attribute, with a default."""
@@ -74,11 +76,11 @@ def resolve_axis_sizes(axes: Any, num_devices: int) -> list[tuple[str, int]]:
 def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """The device mesh described by `mesh_config.axes` over all global devices (every process).
 
-  `mesh_config.axes` is `(('data', -1), ('fsdp', 1))`-like: -1 takes the remaining devices; a 'model'
-  axis may be added. Optional keys: `axis_types` ('auto', the default, lets the compiler place
-  intermediates; 'explicit' turns on sharding-in-types) and `dcn_axes` (per-axis number of slices
-  for multi-slice TPU pods, e.g. `(('data', 2),)`: the mesh is then built with the slow data-centre
-  network on those axes and the fast interconnect inside each slice).
+  `mesh_config.axes` is `(('data', -1), ('fsdp', 1))`-like: -1 takes the remaining devices; a
+  'model' axis may be added. Optional keys: `axis_types` ('auto', the default, lets the compiler
+  place intermediates; 'explicit' turns on sharding-in-types) and `dcn_axes` (per-axis number of
+  slices for multi-slice TPU pods, e.g. `(('data', 2),)`: the mesh is then built with the slow
+  data-centre network on those axes and the fast interconnect inside each slice).
   """
   devices = list(jax.devices() if devices is None else devices)
   pairs = resolve_axis_sizes(_get(mesh_config, "axes"), len(devices))
@@ -105,7 +107,8 @@ def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> 
 
 
 def mesh_batch_axes(mesh: Mesh, axis_names: Sequence[str] = BATCH_AXES) -> tuple[str, ...]:
-  """The names among `axis_names` that the mesh has, in mesh order: the axes the batch is split on."""
+  """The names among `axis_names` that the mesh has, in mesh order: the axes the batch is split
+  on."""
   present = tuple(name for name in mesh.axis_names if name in set(axis_names))
   if not present:
     raise ValueError(f"none of the batch axes {tuple(axis_names)} is in the mesh {mesh.axis_names}")
@@ -122,9 +125,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Parameter sharding.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+
 
 def _key_name(key: Any) -> str:
   """One path element as text: dict keys, attribute names and sequence indices."""
@@ -135,7 +139,8 @@ def _key_name(key: Any) -> str:
 
 
 def tree_paths(tree: Any) -> Any:
-  """A tree of the same structure whose leaves are their '/'-joined paths ('image/stem/conv/kernel')."""
+  """A tree of the same structure whose leaves are their '/'-joined paths
+  ('image/stem/conv/kernel')."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
   return treedef.unflatten(["/".join(_key_name(k) for k in path) for path, _ in leaves])
 
@@ -160,18 +165,23 @@ def _checked_spec(spec: Sequence[Any], shape: tuple[int, ...], mesh: Mesh, path:
   for dim, entry in zip(shape, spec):
     for axis in _axes_of(entry):
       if axis not in mesh.shape:
-        raise ValueError(f"sharding rule {spec} for {path}: no mesh axis {axis!r} in {mesh.axis_names}")
+        raise ValueError(
+          f"sharding rule {spec} for {path}: no mesh axis {axis!r} in {mesh.axis_names}"
+        )
     parts = math.prod(mesh.shape[a] for a in _axes_of(entry))
     if dim % parts:
-      raise ValueError(f"sharding rule {spec} for {path}{shape}: dimension {dim} is not divisible "
-                       f"by {parts} devices")
+      raise ValueError(
+        f"sharding rule {spec} for {path}{shape}: dimension {dim} is not divisible "
+        f"by {parts} devices"
+      )
   while spec and spec[-1] is None:
     spec = spec[:-1]
   return P(*spec)
 
 
-def _fsdp_spec(shape: tuple[int, ...], mesh: Mesh, fsdp_axis: str, fsdp_min_size: int,
-               path: str) -> P:
+def _fsdp_spec(
+  shape: tuple[int, ...], mesh: Mesh, fsdp_axis: str, fsdp_min_size: int, path: str
+) -> P:
   """Shards the largest dimension divisible by the fsdp axis size (the first of equal ones) when the
   tensor has at least `fsdp_min_size` elements; replicates it otherwise."""
   size = mesh.shape.get(fsdp_axis, 1)
@@ -185,8 +195,14 @@ def _fsdp_spec(shape: tuple[int, ...], mesh: Mesh, fsdp_axis: str, fsdp_min_size
   return P()
 
 
-def param_specs(params_or_shapes: Any, mesh: Mesh, rules: Sequence[tuple[str, Sequence[Any]]] = (),
-                *, fsdp_axis: str = "fsdp", fsdp_min_size: int = 2**18) -> Any:
+def param_specs(
+  params_or_shapes: Any,
+  mesh: Mesh,
+  rules: Sequence[tuple[str, Sequence[Any]]] = (),
+  *,
+  fsdp_axis: str = "fsdp",
+  fsdp_min_size: int = 2**18,
+) -> Any:
   """A PartitionSpec per parameter (leaves: arrays or anything with `.shape`).
 
   `rules` are `(regex, spec)` pairs tried in order with `re.search` on the parameter's '/'-joined
@@ -206,18 +222,27 @@ def param_specs(params_or_shapes: Any, mesh: Mesh, rules: Sequence[tuple[str, Se
   return jax.tree.map(one, tree_paths(params_or_shapes), params_or_shapes)
 
 
-def param_shardings(params_or_shapes: Any, mesh: Mesh,
-                    rules: Sequence[tuple[str, Sequence[Any]]] = (), *, fsdp_axis: str = "fsdp",
-                    fsdp_min_size: int = 2**18) -> Any:
+def param_shardings(
+  params_or_shapes: Any,
+  mesh: Mesh,
+  rules: Sequence[tuple[str, Sequence[Any]]] = (),
+  *,
+  fsdp_axis: str = "fsdp",
+  fsdp_min_size: int = 2**18,
+) -> Any:
   """`param_specs` as NamedShardings on `mesh`: pass as `out_shardings` of a jitted init."""
-  specs = param_specs(params_or_shapes, mesh, rules, fsdp_axis=fsdp_axis, fsdp_min_size=fsdp_min_size)
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                      is_leaf=lambda x: isinstance(x, P))
+  specs = param_specs(
+    params_or_shapes, mesh, rules, fsdp_axis=fsdp_axis, fsdp_min_size=fsdp_min_size
+  )
+  return jax.tree.map(
+    lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P)
+  )
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Negatives over a sharded batch.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+
 
 def num_batch_shards(mesh: Mesh, axis_names: Sequence[str] = BATCH_AXES) -> int:
   """How many pieces the batch is split into: the product of the data axes' sizes."""
@@ -239,11 +264,11 @@ def sample_negatives(rng: jax.Array, global_batch: int, num_shards: int = 1) -> 
   return (local + n * jnp.arange(num_shards, dtype=jnp.int32)[:, None]).reshape(global_batch)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The objectives over the global batch. Everything below runs inside `jax.shard_map`: each device
 # holds n = N / d pairs, and `axes` names the mesh axes the batch is split over (their linear index
 # is the shard's position in the global batch).
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 LOCAL_PAIRS = ("global", "device", "global_gather")
 _SENTENCE_CE = ("sentence_ce_i2t", "sentence_ce_t2i")
@@ -262,9 +287,17 @@ def _shift_from_next(x: jax.Array, *, axes: tuple[str, ...], d: int) -> jax.Arra
   return jax.lax.ppermute(x, axes, perm=[(j, (j - 1) % d) for j in range(d)])
 
 
-def _ring_word_scores(regions: jax.Array, words: jax.Array, word_mask: jax.Array, *,
-                      axes: tuple[str, ...], d: int, gamma1: float, gamma2: float,
-                      text_block: int | None) -> jax.Array:
+def _ring_word_scores(
+  regions: jax.Array,
+  words: jax.Array,
+  word_mask: jax.Array,
+  *,
+  axes: tuple[str, ...],
+  d: int,
+  gamma1: float,
+  gamma2: float,
+  text_block: int | None,
+) -> jax.Array:
   """Rows of Z [n, N] for this device's n images against all N texts (global column order).
 
   A ring of d steps: at step k the device holds the text block of device (i + k) mod d, scores it
@@ -274,12 +307,13 @@ def _ring_word_scores(regions: jax.Array, words: jax.Array, word_mask: jax.Array
   the text block's cotangent along with the block, so that after d steps it is home. Memory per
   device is therefore independent of d (no stored blocks, no gathered texts).
 
-  Every step, the last included, sits in one `fori_loop` and ends with a hop (the last one brings the
-  texts home, unused): peeling that step out of the loop would save one transfer but make XLA keep
-  the loop body's buffers and the peeled block's side by side (measured: +25% temp memory).
+  Every step, the last included, sits in one `fori_loop` and ends with a hop (the last one brings
+  the texts home, unused): peeling that step out of the loop would save one transfer but make XLA
+  keep the loop body's buffers and the peeled block's side by side (measured: +25% temp memory).
   """
-  score = functools.partial(losses.region_word_scores, gamma1=gamma1, gamma2=gamma2,
-                            text_block=text_block)
+  score = functools.partial(
+    losses.region_word_scores, gamma1=gamma1, gamma2=gamma2, text_block=text_block
+  )
   n = regions.shape[0]
   dtype = _scores_dtype(regions, words)
   hop = functools.partial(_shift_from_next, axes=axes, d=d)
@@ -296,7 +330,8 @@ def _ring_word_scores(regions: jax.Array, words: jax.Array, word_mask: jax.Array
 
     out = jax.lax.pcast(jnp.zeros((d, n, n), dtype), axes, to="varying")
     _, _, out = jax.lax.fori_loop(0, d, step, (words, word_mask, out))
-    # out[k] holds texts of device (i + k) mod d; global block j sits at ring position (j - i) mod d.
+    # out[k] holds texts of device (i + k) mod d; global block j sits at ring position (j - i) mod
+    # d.
     out = jnp.roll(out, jax.lax.axis_index(axes), axis=0)
     return jnp.moveaxis(out, 0, 1).reshape(n, d * n), (regions, words, word_mask)
 
@@ -311,8 +346,12 @@ def _ring_word_scores(regions: jax.Array, words: jax.Array, word_mask: jax.Array
       block, mask, d_block, d_regions = carry
       _, vjp = jax.vjp(lambda r, w: score(r, w, mask), regions, block)
       g_regions, g_block = vjp(jax.lax.dynamic_index_in_dim(blocks, k, axis=0, keepdims=False))
-      return (hop(block), hop(mask), hop(d_block + g_block.astype(acc)),
-              d_regions + g_regions.astype(acc))
+      return (
+        hop(block),
+        hop(mask),
+        hop(d_block + g_block.astype(acc)),
+        d_regions + g_regions.astype(acc),
+      )
 
     zeros = lambda x: jax.lax.pcast(jnp.zeros(x.shape, acc), axes, to="varying")
     carry = (words, word_mask, zeros(words), zeros(regions))
@@ -323,13 +362,21 @@ def _ring_word_scores(regions: jax.Array, words: jax.Array, word_mask: jax.Array
   return ring(regions, words, word_mask)
 
 
-def _gathered_word_scores(regions: jax.Array, words: jax.Array, word_mask: jax.Array, *,
-                          axes: tuple[str, ...], gamma1: float, gamma2: float,
-                          text_block: int | None) -> jax.Array:
+def _gathered_word_scores(
+  regions: jax.Array,
+  words: jax.Array,
+  word_mask: jax.Array,
+  *,
+  axes: tuple[str, ...],
+  gamma1: float,
+  gamma2: float,
+  text_block: int | None,
+) -> jax.Array:
   """Rows of Z [n, N] from all-gathered texts and one `losses.region_word_scores` call.
 
   Same values as the ring; fewer, larger collectives, but the gathered texts (and their cotangent)
-  take N * T * D per device: memory grows linearly with d. A baseline for small meshes and benchmarks.
+  take N * T * D per device: memory grows linearly with d. A baseline for small meshes and
+  benchmarks.
   """
   all_words = jax.lax.all_gather(words, axes, tiled=True)
   all_mask = jax.lax.all_gather(word_mask, axes, tiled=True)
@@ -344,7 +391,9 @@ def _columns(rows: jax.Array, axes: tuple[str, ...]) -> jax.Array:
 def _take_rows(matrix: jax.Array, cols: jax.Array) -> jax.Array:
   """matrix[r, cols[r]] for every row r; NaN where cols[r] is out of range (see device mode)."""
   valid = (cols >= 0) & (cols < matrix.shape[1])
-  picked = jnp.take_along_axis(matrix, jnp.clip(cols, 0, matrix.shape[1] - 1)[:, None], axis=1)[:, 0]
+  picked = jnp.take_along_axis(matrix, jnp.clip(cols, 0, matrix.shape[1] - 1)[:, None], axis=1)[
+    :, 0
+  ]
   return jnp.where(valid, picked, jnp.nan)
 
 
@@ -353,18 +402,27 @@ def _take_cols(matrix: jax.Array, rows: jax.Array) -> jax.Array:
   return _take_rows(matrix.T, rows)
 
 
-def _level_sums(rows: jax.Array, cols: jax.Array, own: jax.Array, *, scale: float,
-                study: tuple[jax.Array, jax.Array] | None,
-                negatives: tuple[jax.Array, jax.Array] | str | None, margin: float,
-                want_ce: bool, want_triplet: bool) -> dict[str, jax.Array]:
+def _level_sums(
+  rows: jax.Array,
+  cols: jax.Array,
+  own: jax.Array,
+  *,
+  scale: float,
+  study: tuple[jax.Array, jax.Array] | None,
+  negatives: tuple[jax.Array, jax.Array] | str | None,
+  margin: float,
+  want_ce: bool,
+  want_triplet: bool,
+) -> dict[str, jax.Array]:
   """Sums over this device's anchors of the four per-anchor losses of one level (sentence or word).
 
   rows [n, C]: scores of own images against C candidate texts; cols [C, n]: of C candidate images
   against own texts; own [n]: the candidates' index of each own pair (its diagonal entry).
   study = (study ids of the own pairs [n], of the candidates [C]) to mask other pairs of the same
-  study, or None. negatives: (text index per own image [n], image index per own text [n]) in candidate
-  indices, or 'hardest' to mine them here (max score, excluding the pair itself and its study).
-  Returns sums keyed 'ce_i2t', 'ce_t2i', 'triplet_i2t', 'triplet_t2i' for the terms requested.
+  study, or None. negatives: (text index per own image [n], image index per own text [n]) in
+  candidate indices, or 'hardest' to mine them here (max score, excluding the pair itself and its
+  study). Returns sums keyed 'ce_i2t', 'ce_t2i', 'triplet_i2t', 'triplet_t2i' for the terms
+  requested.
   """
   n, num_candidates = rows.shape
   candidates = jnp.arange(num_candidates)
@@ -394,21 +452,29 @@ def _level_sums(rows: jax.Array, cols: jax.Array, own: jax.Array, *, scale: floa
   return out
 
 
-def sharded_itm_loss(mesh: Mesh, *, weights: Mapping[str, float] | None = losses.DEFAULT_WEIGHTS,
-                     gamma1: float = 4.0, gamma2: float = 5.0, gamma3: float = 10.0,
-                     sentence_margin: float = 0.5, word_margin: float = 0.5,
-                     local_pairs: str = "global", text_block: int | None = None,
-                     axis_names: Sequence[str] = BATCH_AXES) -> Callable[..., tuple[jax.Array, dict]]:
+def sharded_itm_loss(
+  mesh: Mesh,
+  *,
+  weights: Mapping[str, float] | None = losses.DEFAULT_WEIGHTS,
+  gamma1: float = 4.0,
+  gamma2: float = 5.0,
+  gamma3: float = 10.0,
+  sentence_margin: float = 0.5,
+  word_margin: float = 0.5,
+  local_pairs: str = "global",
+  text_block: int | None = None,
+  axis_names: Sequence[str] = BATCH_AXES,
+) -> Callable[..., tuple[jax.Array, dict]]:
   """`losses.itm_loss` over a global batch split on the mesh's data axes, as one `shard_map`.
 
   Returns `fn(img_emb [N, D], txt_emb [N, D], regions [N, R, D], words [N, T, D], word_mask [N, T],
-  neg_idx, study_ids [N] or None) -> (total, terms)`, callable inside `jit` on globally sharded arrays
-  (or outside on any arrays); `total` and `terms` (same names as `losses.itm_loss`, weight-0 terms
-  left out) are replicated scalars (float32; float64 for float64 inputs), differentiable w.r.t.
-  every float input. neg_idx: int [N] global indices shared by all triplet terms, a pair (negative
-  text per image [N], negative image per text [N]), or 'hardest' (VSE++, mined at each level from
-  its own scores, same study excluded: no N x N matrix is needed outside). Inputs used only by
-  weight-0 terms may be None.
+  neg_idx, study_ids [N] or None) -> (total, terms)`, callable inside `jit` on globally sharded
+  arrays (or outside on any arrays); `total` and `terms` (same names as `losses.itm_loss`, weight-0
+  terms left out) are replicated scalars (float32; float64 for float64 inputs), differentiable
+  w.r.t. every float input. neg_idx: int [N] global indices shared by all triplet terms, a pair
+  (negative text per image [N], negative image per text [N]), or 'hardest' (VSE++, mined at each
+  level from its own scores, same study excluded: no N x N matrix is needed outside). Inputs used
+  only by weight-0 terms may be None.
 
   Sentence terms always use the global batch: the other tower's vectors are all-gathered, so each
   device has its images' rows [n, N] and its texts' columns [N, n] of M_s, and the CE over N
@@ -418,9 +484,10 @@ def sharded_itm_loss(mesh: Mesh, *, weights: Mapping[str, float] | None = losses
     batch, values and gradients.
   - 'device': Z only over the n x n pairs of each device, no communication (as GLoRIA and the
     original do within one GPU). Each word term is then the mean over devices of the single-device
-    term on that device's n pairs (CE over n candidates, study ids compared within the device), which
-    with equal shards is psum(per-anchor sum) / N. Word-triplet negatives must lie on the anchor's
-    device (`sample_negatives(rng, N, num_batch_shards(mesh))`); a negative elsewhere yields NaN.
+    term on that device's n pairs (CE over n candidates, study ids compared within the device),
+    which with equal shards is psum(per-anchor sum) / N. Word-triplet negatives must lie on the
+    anchor's device (`sample_negatives(rng, N, num_batch_shards(mesh))`); a negative elsewhere
+    yields NaN.
   - 'global_gather': like 'global' but the texts are all-gathered and scored in one call: memory per
     device grows with d. A baseline.
   """
@@ -453,10 +520,16 @@ def sharded_itm_loss(mesh: Mesh, *, weights: Mapping[str, float] | None = losses
       rows = losses.cosine_matrix(img, jax.lax.all_gather(txt, axes, tiled=True))  # [n, N]
       cols = losses.cosine_matrix(jax.lax.all_gather(img, axes, tiled=True), txt)  # [N, n]
       level = _level_sums(
-          rows, cols, own_global, scale=gamma3,
-          study=None if study is None else (study, all_study), negatives=negatives,
-          margin=sentence_margin,
-          want_ce=want(*_SENTENCE_CE), want_triplet=want(*_SENTENCE_TRIPLET))
+        rows,
+        cols,
+        own_global,
+        scale=gamma3,
+        study=None if study is None else (study, all_study),
+        negatives=negatives,
+        margin=sentence_margin,
+        want_ce=want(*_SENTENCE_CE),
+        want_triplet=want(*_SENTENCE_TRIPLET),
+      )
       sums.update({f"sentence_{key}": value for key, value in level.items()})
 
     if want(*_WORD_CE, *_WORD_TRIPLET):
@@ -476,8 +549,16 @@ def sharded_itm_loss(mesh: Mesh, *, weights: Mapping[str, float] | None = losses
         cols, own = _columns(rows, axes), own_global
         level_study = None if study is None else (study, all_study)
       level = _level_sums(
-          rows, cols, own, scale=gamma3, study=level_study, negatives=negatives, margin=word_margin,
-          want_ce=want(*_WORD_CE), want_triplet=want(*_WORD_TRIPLET))
+        rows,
+        cols,
+        own,
+        scale=gamma3,
+        study=level_study,
+        negatives=negatives,
+        margin=word_margin,
+        want_ce=want(*_WORD_CE),
+        want_triplet=want(*_WORD_TRIPLET),
+      )
       sums.update({f"word_{key}": value for key, value in level.items()})
 
     names = [name for name in losses.TERM_NAMES if name in active]
@@ -493,11 +574,15 @@ def sharded_itm_loss(mesh: Mesh, *, weights: Mapping[str, float] | None = losses
       raise ValueError(f"neg_idx must be indices, a pair of indices or 'hardest', got {neg_idx!r}")
     inputs = {}
     if want(*_SENTENCE_CE, *_SENTENCE_TRIPLET):
-      inputs.update(img_emb=_needed("img_emb", img_emb, active),
-                    txt_emb=_needed("txt_emb", txt_emb, active))
+      inputs.update(
+        img_emb=_needed("img_emb", img_emb, active), txt_emb=_needed("txt_emb", txt_emb, active)
+      )
     if want(*_WORD_CE, *_WORD_TRIPLET):
-      inputs.update(regions=_needed("regions", regions, active), words=_needed("words", words, active),
-                    word_mask=_needed("word_mask", word_mask, active))
+      inputs.update(
+        regions=_needed("regions", regions, active),
+        words=_needed("words", words, active),
+        word_mask=_needed("word_mask", word_mask, active),
+      )
     if want(*_SENTENCE_TRIPLET, *_WORD_TRIPLET) and not hardest:
       neg_txt, neg_img = _split_negatives(_needed("neg_idx", neg_idx, active))
       inputs.update(neg_txt=neg_txt, neg_img=neg_img)
@@ -509,14 +594,19 @@ def sharded_itm_loss(mesh: Mesh, *, weights: Mapping[str, float] | None = losses
     if len(set(sizes.values())) != 1:
       raise ValueError(f"inputs disagree on the batch size: {sizes}")
     if next(iter(sizes.values())) % d:
-      raise ValueError(f"a global batch of {next(iter(sizes.values()))} does not split over {d} "
-                       f"devices of the mesh axes {axes}")
+      raise ValueError(
+        f"a global batch of {next(iter(sizes.values()))} does not split over {d} "
+        f"devices of the mesh axes {axes}"
+      )
     specs = {name: P(axes) for name in inputs}
     if jax.sharding.AxisType.Explicit in tuple(mesh.axis_types):  # sharding-in-types: place inputs
-      inputs = {name: jax.sharding.reshard(x, NamedSharding(mesh, specs[name]))
-                for name, x in inputs.items()}
-    return jax.shard_map(functools.partial(per_device, hardest=hardest), mesh=mesh,
-                         in_specs=(specs,), out_specs=P())(inputs)
+      inputs = {
+        name: jax.sharding.reshard(x, NamedSharding(mesh, specs[name]))
+        for name, x in inputs.items()
+      }
+    return jax.shard_map(
+      functools.partial(per_device, hardest=hardest), mesh=mesh, in_specs=(specs,), out_specs=P()
+    )(inputs)
 
   return fn
 

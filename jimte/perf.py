@@ -1,9 +1,10 @@
-"""Step cost and model-FLOPs utilisation: FLOPs per step from XLA's cost analysis of the compiled step,
-over the device's peak.
+"""Step cost and model-FLOPs utilisation: FLOPs per step from XLA's cost analysis of the compiled
+step, over the device's peak.
 
 MFU = (FLOPs one device executes per step) x (steps per second) / (that device's peak FLOP/s). The
 compiled SPMD program is per device, so its cost analysis is already per device.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,10 +15,18 @@ import jax
 log = logging.getLogger("jimte.perf")
 
 # Peak FLOP/s per device (dense bf16 for accelerators). CPU: the float32 matmul peak measured on the
-# project's 2-core development machine (~150 GFLOP/s); set config.perf.peak_flops_per_device elsewhere.
+# project's 2-core development machine (~150 GFLOP/s); set config.perf.peak_flops_per_device
+# elsewhere.
 PEAK_FLOPS_BY_KIND = (
-    ("TPU v6", 918e12), ("TPU v5p", 459e12), ("TPU v5", 197e12), ("TPU v4", 275e12), ("TPU v3", 123e12),
-    ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("cpu", 150e9),
+  ("TPU v6", 918e12),
+  ("TPU v5p", 459e12),
+  ("TPU v5", 197e12),
+  ("TPU v4", 275e12),
+  ("TPU v3", 123e12),
+  ("H200", 989e12),
+  ("H100", 989e12),
+  ("A100", 312e12),
+  ("cpu", 150e9),
 )
 
 

@@ -1,9 +1,11 @@
-"""The jimte trainer: one importable `train_and_evaluate(config, workdir)`, in banner-commented sections.
+"""The jimte trainer: one importable `train_and_evaluate(config, workdir)`, in banner-commented
+sections.
 
 Resume order: the work dir's latest complete checkpoint, else a fresh start. Every step is a pure
 function of (train state, batch); the state holds params, batch statistics, per-tower optimizer
 states, the step and the RNG, so a resumed run continues exactly where an uninterrupted one would.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,11 +38,11 @@ class NonFiniteError(FloatingPointError):
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array          # int32 scalar: number of updates done
-  params: Any              # {'image': ..., 'text': ...}
-  batch_stats: Any         # BatchNorm running statistics of the image tower
-  opt_state: Any           # {'image': optax state, 'text': optax state}
-  rng: jax.Array           # uint32 key data; step keys are fold_in(rng, step)
+  step: jax.Array  # int32 scalar: number of updates done
+  params: Any  # {'image': ..., 'text': ...}
+  batch_stats: Any  # BatchNorm running statistics of the image tower
+  opt_state: Any  # {'image': optax state, 'text': optax state}
+  rng: jax.Array  # uint32 key data; step keys are fold_in(rng, step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,13 +57,18 @@ class Durations:
   def from_config(cls, config: ml_collections.ConfigDict, num_train: int) -> "Durations":
     steps_per_epoch = num_train // config.batch_size
     if steps_per_epoch < 1:
-      raise ValueError(f"config.batch_size={config.batch_size} exceeds the train split ({num_train} examples)")
-    total = int(config.get("total_steps", 0) or 0) or int(math.ceil(config.num_epochs * steps_per_epoch))
+      raise ValueError(
+        f"config.batch_size={config.batch_size} exceeds the train split ({num_train} examples)"
+      )
+    total = int(config.get("total_steps", 0) or 0) or int(
+      math.ceil(config.num_epochs * steps_per_epoch)
+    )
     return cls(steps_per_epoch=steps_per_epoch, total_steps=total)
 
 
 def step_kind(seed: int, step: int, loss_config: ml_collections.ConfigDict) -> str:
-  """'itm' or 'mlm' for this step: the paper's mixture, decided from (seed, step) so resume is exact."""
+  """'itm' or 'mlm' for this step: the paper's mixture, decided from (seed, step) so resume is
+  exact."""
   if not loss_config.mixture:
     return "itm"
   draw = np.random.default_rng([seed, step, 0x17E]).random()
@@ -70,7 +77,11 @@ def step_kind(seed: int, step: int, loss_config: ml_collections.ConfigDict) -> s
 
 def _tree_norm(tree) -> jax.Array:
   leaves = jax.tree.leaves(tree)
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)) if leaves else jnp.zeros(())
+  return (
+    jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+    if leaves
+    else jnp.zeros(())
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,16 +94,23 @@ def init_train_state(config, model, optimizers, mesh, rng) -> tuple[TrainState, 
 
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
-    variables = model.init({"params": params_rng, "dropout": params_rng}, image, tokens, train=False)
+    variables = model.init(
+      {"params": params_rng, "dropout": params_rng}, image, tokens, train=False
+    )
     params = variables["params"]
     opt_state = {tower: optimizers[tower].init(params[tower]) for tower in optim.TOWERS}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=opt_state,
-                      rng=jax.random.key_data(state_rng))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=opt_state,
+      rng=jax.random.key_data(state_rng),
+    )
 
   abstract = jax.eval_shape(init, rng)
-  shardings = parallel.param_shardings(abstract, mesh, tuple(config.mesh.rules),
-                                       fsdp_min_size=config.mesh.fsdp_min_size)
+  shardings = parallel.param_shardings(
+    abstract, mesh, tuple(config.mesh.rules), fsdp_min_size=config.mesh.fsdp_min_size
+  )
   state = jax.jit(init, out_shardings=shardings)(rng)
   return state, shardings
 
@@ -104,9 +122,16 @@ def make_objective(config, mesh) -> Callable:
   """The L_ITM objective over the global batch (shard_map with explicit collectives)."""
   lc = config.loss
   return parallel.sharded_itm_loss(
-      mesh, weights=dict(lc.weights), gamma1=lc.gamma1, gamma2=lc.gamma2, gamma3=lc.gamma3,
-      sentence_margin=lc.sentence_margin, word_margin=lc.word_margin, local_pairs=lc.local_pairs,
-      text_block=(lc.text_block or None))
+    mesh,
+    weights=dict(lc.weights),
+    gamma1=lc.gamma1,
+    gamma2=lc.gamma2,
+    gamma3=lc.gamma3,
+    sentence_margin=lc.sentence_margin,
+    word_margin=lc.word_margin,
+    local_pairs=lc.local_pairs,
+    text_block=(lc.text_block or None),
+  )
 
 
 def make_itm_step(config, model, optimizers, schedule, objective, mesh):
@@ -120,18 +145,26 @@ def make_itm_step(config, model, optimizers, schedule, objective, mesh):
 
     def loss_fn(params):
       out, new_vars = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, batch["image"], batch["tokens"],
-          train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+        {"params": params, "batch_stats": state.batch_stats},
+        batch["image"],
+        batch["tokens"],
+        train=True,
+        mutable=["batch_stats"],
+        rngs={"dropout": dropout_rng},
+      )
       regions = out.regions.reshape(n, -1, out.regions.shape[-1])
       if lc.negatives == "hardest":
-        neg_idx = "hardest"   # VSE++: mined per level from the scores, same study excluded
+        neg_idx = "hardest"  # VSE++: mined per level from the scores, same study excluded
       elif lc.negatives == "random":
         shards = parallel.num_batch_shards(mesh) if lc.local_pairs == "device" else 1
         neg_idx = parallel.sample_negatives(neg_rng, n, shards)
       else:
-        raise ValueError(f"config.loss.negatives: unknown {lc.negatives!r} (expected random | hardest)")
-      total, terms = objective(out.image_global, out.sentence, regions, out.words, out.word_mask,
-                               neg_idx, study_ids)
+        raise ValueError(
+          f"config.loss.negatives: unknown {lc.negatives!r} (expected random | hardest)"
+        )
+      total, terms = objective(
+        out.image_global, out.sentence, regions, out.words, out.word_mask, neg_idx, study_ids
+      )
       return total, (terms, new_vars["batch_stats"])
 
     (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -139,15 +172,22 @@ def make_itm_step(config, model, optimizers, schedule, objective, mesh):
     params, opt_state = dict(state.params), dict(state.opt_state)
     for tower in optim.TOWERS:
       params[tower], opt_state[tower] = optim.apply_tower_update(
-          optimizers[tower], state.opt_state[tower], state.params[tower], grads[tower], lr)
-    metrics = {"train/loss": total, "train/itm_loss": total, "train/learning_rate": lr,
-               **{f"train/{k}": v for k, v in terms.items()},
-               **{f"health/grad_norm_{t}": _tree_norm(grads[t]) for t in optim.TOWERS},
-               **{f"health/param_norm_{t}": _tree_norm(params[t]) for t in optim.TOWERS},
-               "train/gamma1": jnp.float32(lc.gamma1), "train/gamma2": jnp.float32(lc.gamma2),
-               "train/gamma3": jnp.float32(lc.gamma3)}
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              batch_stats=batch_stats)
+        optimizers[tower], state.opt_state[tower], state.params[tower], grads[tower], lr
+      )
+    metrics = {
+      "train/loss": total,
+      "train/itm_loss": total,
+      "train/learning_rate": lr,
+      **{f"train/{k}": v for k, v in terms.items()},
+      **{f"health/grad_norm_{t}": _tree_norm(grads[t]) for t in optim.TOWERS},
+      **{f"health/param_norm_{t}": _tree_norm(params[t]) for t in optim.TOWERS},
+      "train/gamma1": jnp.float32(lc.gamma1),
+      "train/gamma2": jnp.float32(lc.gamma2),
+      "train/gamma3": jnp.float32(lc.gamma3),
+    }
+    new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats
+    )
     return new_state, metrics
 
   return itm_step
@@ -162,20 +202,34 @@ def make_mlm_step(config, model, optimizers, schedule):
 
     def loss_fn(text_params):
       params = {**state.params, "text": text_params}
-      logits = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["mlm_tokens"],
-                           train=True, method=model.mlm_logits, rngs={"dropout": dropout_rng})
+      logits = model.apply(
+        {"params": params, "batch_stats": state.batch_stats},
+        batch["mlm_tokens"],
+        train=True,
+        method=model.mlm_logits,
+        rngs={"dropout": dropout_rng},
+      )
       loss, accuracy = losses.mlm_loss(logits, batch["mlm_targets"], batch["mlm_weights"])
       return lc.mlm_weight * loss, accuracy
 
     (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["text"])
     lr = schedule(state.step)
     text_params, text_opt = optim.apply_tower_update(
-        optimizers["text"], state.opt_state["text"], state.params["text"], grads, lr)
-    metrics = {"train/loss": loss, "train/mlm_loss": loss, "train/mlm_accuracy": accuracy,
-               "train/learning_rate": lr, "health/grad_norm_text": _tree_norm(grads),
-               "health/param_norm_text": _tree_norm(text_params)}
-    new_state = state.replace(step=state.step + 1, params={**state.params, "text": text_params},
-                              opt_state={**state.opt_state, "text": text_opt})
+      optimizers["text"], state.opt_state["text"], state.params["text"], grads, lr
+    )
+    metrics = {
+      "train/loss": loss,
+      "train/mlm_loss": loss,
+      "train/mlm_accuracy": accuracy,
+      "train/learning_rate": lr,
+      "health/grad_norm_text": _tree_norm(grads),
+      "health/param_norm_text": _tree_norm(text_params),
+    }
+    new_state = state.replace(
+      step=state.step + 1,
+      params={**state.params, "text": text_params},
+      opt_state={**state.opt_state, "text": text_opt},
+    )
     return new_state, metrics
 
   return mlm_step
@@ -185,20 +239,26 @@ def check_finite(step: int, metrics: dict[str, float]) -> None:
   bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
   if bad:
     raise NonFiniteError(
-        f"non-finite values at step {step}: {bad}. The run stops here; the last checkpoint saved "
-        "before this step is intact and a restart resumes from it.")
+      f"non-finite values at step {step}: {bad}. The run stops here; the last checkpoint saved "
+      "before this step is intact and a restart resumes from it."
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # The loop.
 # ----------------------------------------------------------------------------------------------
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_after_steps: int | None = None, progress: bool = True) -> tuple[dict[str, float], TrainState]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  stop_after_steps: int | None = None,
+  progress: bool = True,
+) -> tuple[dict[str, float], TrainState]:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint), then evaluates.
 
   `stop_after_steps` ends the loop early at that step (after saving), as a pre-empted run would;
-  it does not change the schedule. A SIGTERM does the same at the end of the current step. Evaluation
-  runs only once the schedule is complete. Returns (metrics, final train state).
+  it does not change the schedule. A SIGTERM does the same at the end of the current step.
+  Evaluation runs only once the schedule is complete. Returns (metrics, final train state).
   """
   # ---- Setup: mesh, data, tokenizer.
   is_chief = jax.process_index() == 0
@@ -209,8 +269,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if is_chief:
     with _gfile().GFile(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  log.info("mesh %s, %d train examples, %d steps/epoch, %d steps", dict(mesh.shape), data.num_train,
-           durations.steps_per_epoch, durations.total_steps)
+  log.info(
+    "mesh %s, %d train examples, %d steps/epoch, %d steps",
+    dict(mesh.shape),
+    data.num_train,
+    durations.steps_per_epoch,
+    durations.total_steps,
+  )
 
   # ---- Model, optimizers, state (created sharded).
   model_config = config.model.copy_and_resolve_references()
@@ -218,13 +283,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   model = build_model(model_config)
   optimizers = optim.make_optimizers(config.optim)
   schedule = optim.make_schedule(config.optim, durations.steps_per_epoch, durations.total_steps)
-  state, state_shardings = init_train_state(config, model, optimizers, mesh, jax.random.key(config.seed))
+  state, state_shardings = init_train_state(
+    config, model, optimizers, mesh, jax.random.key(config.seed)
+  )
 
   # ---- Resume from the work dir.
   ckpt = checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-      keep_best=config.get("keep_best_checkpoints", 0), best_metric=config.get("best_metric", ""),
-      best_mode=config.get("best_mode", "max"))
+    os.path.join(workdir, "checkpoints"),
+    keep=config.keep_checkpoints,
+    keep_best=config.get("keep_best_checkpoints", 0),
+    best_metric=config.get("best_metric", ""),
+    best_mode=config.get("best_mode", "max"),
+  )
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore(checkpointing.abstract_like(state, state_shardings))
     log.info("resumed from step %d (%s)", int(state.step), meta)
@@ -233,12 +303,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # ---- Compiled steps (state donated).
   batch_sharding = parallel.batch_sharding(mesh)
   objective = make_objective(config, mesh)
-  itm_step = jax.jit(make_itm_step(config, model, optimizers, schedule, objective, mesh),
-                     in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
-                     donate_argnums=(0,))
-  mlm_step = jax.jit(make_mlm_step(config, model, optimizers, schedule),
-                     in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
-                     donate_argnums=(0,))
+  itm_step = jax.jit(
+    make_itm_step(config, model, optimizers, schedule, objective, mesh),
+    in_shardings=(state_shardings, batch_sharding),
+    out_shardings=(state_shardings, None),
+    donate_argnums=(0,),
+  )
+  mlm_step = jax.jit(
+    make_mlm_step(config, model, optimizers, schedule),
+    in_shardings=(state_shardings, batch_sharding),
+    out_shardings=(state_shardings, None),
+    donate_argnums=(0,),
+  )
 
   steps = perf.CompiledSteps({"itm": itm_step, "mlm": mlm_step})
   peak_flops = perf.device_peak_flops(config.get("peak_flops_per_device", 0.0))
@@ -247,13 +323,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def on_sigterm(signum, frame):  # pre-emption: finish the step, save, exit cleanly
     stop_requested["signal"] = signum
+
   multi_process = jax.process_count() > 1
   # One process: our own SIGTERM handler. Several: jax.distributed's preemption service catches the
   # notice and agrees on one step at which every process stops (reached_preemption_sync_point).
-  previous_handler = (signal.signal(signal.SIGTERM, on_sigterm)
-                      if _in_main_thread() and not multi_process else None)
+  previous_handler = (
+    signal.signal(signal.SIGTERM, on_sigterm) if _in_main_thread() and not multi_process else None
+  )
 
-  end_step = durations.total_steps if stop_after_steps is None else min(stop_after_steps, durations.total_steps)
+  end_step = (
+    durations.total_steps
+    if stop_after_steps is None
+    else min(stop_after_steps, durations.total_steps)
+  )
   train_iter = data.train_batches(mesh, start_step=start_step)
   bar = _progress(start_step, end_step, enabled=progress and is_chief)
   last_log_time, last_log_step, last_metrics = time.perf_counter(), start_step, {}
@@ -268,8 +350,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       done = step + 1
       if config.check_finite_every_steps and done % config.check_finite_every_steps == 0:
         host_metrics = jax.device_get(metrics)
-        check_finite(done, {k: v for k, v in host_metrics.items()
-                            if k == "train/loss" or k.startswith("health/")})
+        check_finite(
+          done,
+          {k: v for k, v in host_metrics.items() if k == "train/loss" or k.startswith("health/")},
+        )
         last_metrics.update(host_metrics)
       if done % config.log_every_steps == 0 or done == end_step:
         host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -291,10 +375,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if multi_process and multihost_utils.reached_preemption_sync_point(done):
         stop_requested["signal"] = "preemption notice"
       eval_metrics = None
-      if config.get("eval_every_steps", 0) and done % config.eval_every_steps == 0 and done < durations.total_steps:
+      if (
+        config.get("eval_every_steps", 0)
+        and done % config.eval_every_steps == 0
+        and done < durations.total_steps
+      ):
         eval_metrics = eval_registry.run_all(config, model, state, data, mesh, workdir, writer)
-      if (done % config.checkpoint_every_steps == 0 or done == end_step or stop_requested["signal"]
-          or eval_metrics is not None):
+      if (
+        done % config.checkpoint_every_steps == 0
+        or done == end_step
+        or stop_requested["signal"]
+        or eval_metrics is not None
+      ):
         ckpt.save(done, state, meta=_checkpoint_meta(config, done, data), metrics=eval_metrics)
       if stop_requested["signal"]:
         log.warning("received signal %s: saved step %d, exiting", stop_requested["signal"], done)
@@ -312,28 +404,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results = eval_registry.run_all(config, model, state, data, mesh, workdir, writer)
     if is_chief:
       with _gfile().GFile(os.path.join(workdir, "final_metrics.json"), "w") as f:
-        json.dump({**{k: float(v) for k, v in results.items()}, "step": int(state.step)}, f, indent=2)
+        json.dump(
+          {**{k: float(v) for k, v in results.items()}, "step": int(state.step)}, f, indent=2
+        )
   ckpt.close()
   writer.close()
   return {**last_metrics, **results, "step": int(state.step)}, state
 
 
 def _checkpoint_meta(config, step: int, data) -> dict:
-  return {"step": int(step), "examples_seen": int(step) * int(config.batch_size),
-          "tokenizer": data.tokenizer_dir, "seed": int(config.seed)}
+  return {
+    "step": int(step),
+    "examples_seen": int(step) * int(config.batch_size),
+    "tokenizer": data.tokenizer_dir,
+    "seed": int(config.seed),
+  }
 
 
 def _gfile():
   """tf.io.gfile: files in the work dir, which may be local or on GCS."""
   import tensorflow as tf
+
   return tf.io.gfile
 
 
 def _in_main_thread() -> bool:
   import threading
+
   return threading.current_thread() is threading.main_thread()
 
 
 def _progress(start: int, total: int, enabled: bool):
   from tqdm import tqdm
-  return tqdm(total=total, initial=start, disable=not enabled, dynamic_ncols=True, desc="train", unit="step")
+
+  return tqdm(
+    total=total, initial=start, disable=not enabled, dynamic_ncols=True, desc="train", unit="step"
+  )

@@ -8,6 +8,7 @@ Each process gets `--xla_force_host_platform_device_count=<devices_per_process>`
 id. If one process fails, the others are stopped; SIGTERM/SIGINT are forwarded to all (they save a
 checkpoint and exit). The exit code is the first non-zero one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,35 +27,65 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def process_commands(num_processes: int, port: int, main_args: list[str], python: str = sys.executable,
-                     module: str = "jimte.main") -> list[list[str]]:
+def process_commands(
+  num_processes: int,
+  port: int,
+  main_args: list[str],
+  python: str = sys.executable,
+  module: str = "jimte.main",
+) -> list[list[str]]:
   """The command line of each process."""
-  return [[python, "-m", module, f"--coordinator_address=127.0.0.1:{port}",
-           f"--num_processes={num_processes}", f"--process_id={i}", *main_args]
-          for i in range(num_processes)]
+  return [
+    [
+      python,
+      "-m",
+      module,
+      f"--coordinator_address=127.0.0.1:{port}",
+      f"--num_processes={num_processes}",
+      f"--process_id={i}",
+      *main_args,
+    ]
+    for i in range(num_processes)
+  ]
 
 
 def process_env(devices_per_process: int, base: dict | None = None) -> dict:
   env = dict(os.environ if base is None else base)
-  flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-  env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices_per_process}"])
+  flags = [
+    f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f
+  ]
+  env["XLA_FLAGS"] = " ".join(
+    flags + [f"--xla_force_host_platform_device_count={devices_per_process}"]
+  )
   env.setdefault("JAX_PLATFORMS", "cpu")
   return env
 
 
-def run(num_processes: int, devices_per_process: int, main_args: list[str], *, module: str = "jimte.main",
-        port: int | None = None, timeout: float | None = None, cwd: str | None = None) -> int:
+def run(
+  num_processes: int,
+  devices_per_process: int,
+  main_args: list[str],
+  *,
+  module: str = "jimte.main",
+  port: int | None = None,
+  timeout: float | None = None,
+  cwd: str | None = None,
+) -> int:
   """Starts the processes, streams their output, and returns the first non-zero exit code (or 0)."""
   port = port or free_port()
   env = process_env(devices_per_process)
-  procs = [subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
-           for cmd in process_commands(num_processes, port, main_args, module=module)]
+  procs = [
+    subprocess.Popen(
+      cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    for cmd in process_commands(num_processes, port, main_args, module=module)
+  ]
 
   def pump(i, proc):
     for line in proc.stdout:
       sys.stdout.write(f"[{i}] {line}")
       sys.stdout.flush()
+
   threads = [threading.Thread(target=pump, args=(i, p), daemon=True) for i, p in enumerate(procs)]
   for t in threads:
     t.start()
@@ -63,6 +94,7 @@ def run(num_processes: int, devices_per_process: int, main_args: list[str], *, m
     for p in procs:
       if p.poll() is None:
         p.send_signal(signum)
+
   old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
   deadline = None if timeout is None else time.monotonic() + timeout
   code = 0
@@ -90,7 +122,9 @@ def run(num_processes: int, devices_per_process: int, main_args: list[str], *, m
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--num_processes", type=int, default=2)
   parser.add_argument("--devices_per_process", type=int, default=1)
   parser.add_argument("--port", type=int, default=0)
@@ -98,8 +132,14 @@ def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   split = argv.index("--") if "--" in argv else len(argv)
   args = parser.parse_args(argv[:split])
-  main_args = argv[split + 1:]   # everything after -- goes to jimte.main
-  return run(args.num_processes, args.devices_per_process, main_args, module=args.module, port=args.port or None)
+  main_args = argv[split + 1 :]  # everything after -- goes to jimte.main
+  return run(
+    args.num_processes,
+    args.devices_per_process,
+    main_args,
+    module=args.module,
+    port=args.port or None,
+  )
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@
   python -m launch.tpu_pod delete  --name jimte-v4 --zone us-central2-b
 Add --dry_run to any of them to print the exact commands instead of running them.
 
-`install` copies this checkout (git archive of HEAD) to every worker and runs scripts/setup.sh there plus
-jax[tpu]; `run` starts `jimte.main` on every worker at once with JIMTE_MULTIPROCESS=1, so each calls
-jax.distributed.initialize() (which discovers the pod's coordinator itself). The work dir must be
-on GCS so that every worker sees the same checkpoints; a restarted `run` resumes from it.
+`install` copies this checkout (git archive of HEAD) to every worker and runs scripts/setup.sh there
+plus jax[tpu]; `run` starts `jimte.main` on every worker at once with JIMTE_MULTIPROCESS=1, so each
+calls jax.distributed.initialize() (which discovers the pod's coordinator itself). The work dir must
+be on GCS so that every worker sees the same checkpoints; a restarted `run` resumes from it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,32 +34,43 @@ def _tpu(action: str, name: str, zone: str, project: str | None) -> list[str]:
 
 
 def _ssh(args, command: str, worker: str = "all") -> list[str]:
-  return _tpu("ssh", args.name, args.zone, args.project) + [f"--worker={worker}", f"--command={command}"]
+  return _tpu("ssh", args.name, args.zone, args.project) + [
+    f"--worker={worker}",
+    f"--command={command}",
+  ]
 
 
 def commands(args) -> list[list[str]]:
   """The gcloud (and git) commands for `args.action`, in order."""
   if args.action == "create":
     cmd = _tpu("create", args.name, args.zone, args.project) + [
-        f"--accelerator-type={args.accelerator}", f"--version={args.runtime_version}"]
+      f"--accelerator-type={args.accelerator}",
+      f"--version={args.runtime_version}",
+    ]
     if args.spot:
       cmd.append("--spot")
     return [cmd]
   if args.action == "install":
-    setup = (f"mkdir -p {REMOTE_DIR} && tar -xzf ~/jimte-src.tar.gz -C {REMOTE_DIR} && cd {REMOTE_DIR} && "
-             f"bash scripts/setup.sh && .venv/bin/pip install -q 'jax[tpu]=={args.jax_version}'")
+    setup = (
+      f"mkdir -p {REMOTE_DIR} && tar -xzf ~/jimte-src.tar.gz -C {REMOTE_DIR} && cd {REMOTE_DIR} && "
+      f"bash scripts/setup.sh && .venv/bin/pip install -q 'jax[tpu]=={args.jax_version}'"
+    )
     return [
-        ["git", "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"],
-        _tpu("scp", args.name, args.zone, args.project) + [ARCHIVE, f"{args.name}:~/jimte-src.tar.gz",
-                                                           "--worker=all"],
-        _ssh(args, setup),
+      ["git", "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"],
+      _tpu("scp", args.name, args.zone, args.project)
+      + [ARCHIVE, f"{args.name}:~/jimte-src.tar.gz", "--worker=all"],
+      _ssh(args, setup),
     ]
   if args.action == "run":
     if not args.workdir.startswith("gs://"):
-      raise SystemExit(f"--workdir must be a gs:// path shared by all workers, got {args.workdir!r}")
+      raise SystemExit(
+        f"--workdir must be a gs:// path shared by all workers, got {args.workdir!r}"
+      )
     main_args = " ".join(shlex.quote(a) for a in args.main_args)
-    remote = (f"cd {REMOTE_DIR} && JIMTE_MULTIPROCESS=1 nohup .venv/bin/python -m jimte.main "
-              f"--workdir={shlex.quote(args.workdir)} --noprogress {main_args} > ~/{REMOTE_LOG} 2>&1 &")
+    remote = (
+      f"cd {REMOTE_DIR} && JIMTE_MULTIPROCESS=1 nohup .venv/bin/python -m jimte.main "
+      f"--workdir={shlex.quote(args.workdir)} --noprogress {main_args} > ~/{REMOTE_LOG} 2>&1 &"
+    )
     return [_ssh(args, remote)]
   if args.action == "logs":
     return [_ssh(args, f"tail -n 200 -f ~/{REMOTE_LOG}", worker=str(args.worker))]
@@ -70,7 +82,9 @@ def commands(args) -> list[list[str]]:
 
 
 def parse(argv: Sequence[str] | None = None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("action", choices=["create", "install", "run", "logs", "stop", "delete"])
   parser.add_argument("--name", required=True, help="TPU VM name")
   parser.add_argument("--zone", required=True)
@@ -85,7 +99,7 @@ def parse(argv: Sequence[str] | None = None):
   argv = list(sys.argv[1:] if argv is None else argv)
   split = argv.index("--") if "--" in argv else len(argv)
   args = parser.parse_args(argv[:split])
-  args.main_args = argv[split + 1:]   # everything after -- goes to jimte.main
+  args.main_args = argv[split + 1 :]  # everything after -- goes to jimte.main
   return args
 
 

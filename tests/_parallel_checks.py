@@ -1,18 +1,20 @@
 """Multi-device checks of `jimte.parallel`, run by tests/test_parallel.py in a subprocess.
 
 jax sees one CPU device per process unless XLA_FLAGS asks for more before jax is imported, and the
-other test files share pytest's process with one device; so this script sets the flag itself and runs
-on 8 simulated devices. It prints one JSON object on its last line: check name -> measured numbers
-(relative errors, shapes, byte counts); the assertions live in test_parallel.py.
+other test files share pytest's process with one device; so this script sets the flag itself and
+runs on 8 simulated devices. It prints one JSON object on its last line: check name -> measured
+numbers (relative errors, shapes, byte counts); the assertions live in test_parallel.py.
 
     python tests/_parallel_checks.py [CHECK ...]   # default: every check
 """
+
 from __future__ import annotations
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -26,7 +28,12 @@ from jimte import losses, parallel  # noqa: E402
 
 N, R, T, D = 16, 8, 6, 16
 HYPER = dict(gamma1=4.0, gamma2=5.0, gamma3=10.0, sentence_margin=0.5, word_margin=0.5)
-SENTENCE_TERMS = ("sentence_ce_i2t", "sentence_ce_t2i", "sentence_triplet_i2t", "sentence_triplet_t2i")
+SENTENCE_TERMS = (
+  "sentence_ce_i2t",
+  "sentence_ce_t2i",
+  "sentence_triplet_i2t",
+  "sentence_triplet_t2i",
+)
 WORD_TERMS = ("word_ce_i2t", "word_ce_t2i", "word_triplet_i2t", "word_triplet_t2i")
 
 
@@ -39,12 +46,12 @@ def make_inputs(seed: int = 0, batch: int = N) -> dict[str, jax.Array]:
   rng = np.random.default_rng(seed)
   valid = rng.integers(1, T + 1, size=batch)
   return dict(
-      img_emb=jnp.asarray(rng.standard_normal((batch, D)), jnp.float32),
-      txt_emb=jnp.asarray(rng.standard_normal((batch, D)), jnp.float32),
-      regions=jnp.asarray(rng.standard_normal((batch, R, D)), jnp.float32),
-      words=jnp.asarray(rng.standard_normal((batch, T, D)), jnp.float32),
-      word_mask=jnp.asarray(np.arange(T)[None, :] < valid[:, None]),
-      study_ids=jnp.asarray(rng.integers(0, batch * 2 // 3, size=batch), jnp.int32),
+    img_emb=jnp.asarray(rng.standard_normal((batch, D)), jnp.float32),
+    txt_emb=jnp.asarray(rng.standard_normal((batch, D)), jnp.float32),
+    regions=jnp.asarray(rng.standard_normal((batch, R, D)), jnp.float32),
+    words=jnp.asarray(rng.standard_normal((batch, T, D)), jnp.float32),
+    word_mask=jnp.asarray(np.arange(T)[None, :] < valid[:, None]),
+    study_ids=jnp.asarray(rng.integers(0, batch * 2 // 3, size=batch), jnp.int32),
   )
 
 
@@ -71,23 +78,36 @@ ARGNUMS = (0, 1, 2, 3)  # img_emb, txt_emb, regions, words
 
 def value_and_grads(fn, x: dict, neg, study):
   """(total, terms, grads w.r.t. the four float inputs) of fn(..., neg, study), jitted once."""
+
   def loss(img, txt, regions, words):
     return fn(img, txt, regions, words, x["word_mask"], neg, study)
+
   (total, terms), grads = jax.jit(jax.value_and_grad(loss, argnums=ARGNUMS, has_aux=True))(
-      x["img_emb"], x["txt_emb"], x["regions"], x["words"])
+    x["img_emb"], x["txt_emb"], x["regions"], x["words"]
+  )
   return total, terms, grads
 
 
 def reference(weights=losses.DEFAULT_WEIGHTS):
   """losses.itm_loss with the argument order of the sharded function."""
+
   def fn(img, txt, regions, words, mask, neg, study):
-    return losses.itm_loss(img, txt, regions, words, mask, neg, study_ids=study, weights=weights,
-                           **HYPER)
+    return losses.itm_loss(
+      img, txt, regions, words, mask, neg, study_ids=study, weights=weights, **HYPER
+    )
+
   return fn
 
 
-def compare(mesh, *, local_pairs="global", negatives="shared", use_study=True,
-            weights=losses.DEFAULT_WEIGHTS, seed=0) -> dict:
+def compare(
+  mesh,
+  *,
+  local_pairs="global",
+  negatives="shared",
+  use_study=True,
+  weights=losses.DEFAULT_WEIGHTS,
+  seed=0,
+) -> dict:
   """Sharded vs single-device: relative errors of the total, the terms and all input gradients."""
   x = make_inputs(seed)
   study = x["study_ids"] if use_study else None
@@ -107,10 +127,14 @@ def compare(mesh, *, local_pairs="global", negatives="shared", use_study=True,
   else:
     ref_fn = reference(weights)
   ref_total, ref_terms, ref_grads = value_and_grads(ref_fn, x, neg, study)
-  return dict(total_rel=rel(total, ref_total), terms_rel=scalar_rel(terms, ref_terms),
-              grads_rel=rel(grads, ref_grads), terms=sorted(terms),
-              grad_norm=float(sum(jnp.sum(g * g) for g in grads)) ** 0.5,
-              finite=bool(np.isfinite(float(total))))
+  return dict(
+    total_rel=rel(total, ref_total),
+    terms_rel=scalar_rel(terms, ref_terms),
+    grads_rel=rel(grads, ref_grads),
+    terms=sorted(terms),
+    grad_norm=float(sum(jnp.sum(g * g) for g in grads)) ** 0.5,
+    finite=bool(np.isfinite(float(total))),
+  )
 
 
 def device_mode_reference(d: int, weights):
@@ -123,26 +147,37 @@ def device_mode_reference(d: int, weights):
 
   def fn(img, txt, regions, words, mask, neg, study):
     n = img.shape[0] // d
-    _, terms = losses.itm_loss(img, txt, None, None, None, neg, study_ids=study, weights=sentence_w,
-                               **HYPER)
+    _, terms = losses.itm_loss(
+      img, txt, None, None, None, neg, study_ids=study, weights=sentence_w, **HYPER
+    )
     shard_terms = []
     for s in range(d):
       part = slice(s * n, (s + 1) * n)
       local_neg = neg if isinstance(neg, str) else jax.tree.map(lambda a: a[part] - s * n, neg)
-      _, t = losses.itm_loss(None, None, regions[part], words[part], mask[part], local_neg,
-                             study_ids=None if study is None else study[part], weights=word_w,
-                             **HYPER)
+      _, t = losses.itm_loss(
+        None,
+        None,
+        regions[part],
+        words[part],
+        mask[part],
+        local_neg,
+        study_ids=None if study is None else study[part],
+        weights=word_w,
+        **HYPER,
+      )
       shard_terms.append(t)
     terms.update({k: sum(t[k] for t in shard_terms) / d for k in shard_terms[0]})
     terms = {k: terms[k] for k in losses.TERM_NAMES if k in terms}
     total = sum(weights[k] * v for k, v in terms.items())
     return total, terms
+
   return fn
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The checks.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+
 
 def check_global_data8():
   return compare(mesh_of(("data", -1), ("fsdp", 1)))
@@ -173,7 +208,9 @@ def check_device_data4_fsdp2():
 
 
 def check_device_hardest():
-  return compare(mesh_of(("data", -1), ("fsdp", 1)), local_pairs="device", negatives="hardest", seed=13)
+  return compare(
+    mesh_of(("data", -1), ("fsdp", 1)), local_pairs="device", negatives="hardest", seed=13
+  )
 
 
 def check_model_axis():
@@ -194,12 +231,14 @@ def check_sentence_only_without_word_inputs():
   neg = parallel.sample_negatives(jax.random.key(8), N)
   fn = parallel.sharded_itm_loss(mesh, weights=weights, **HYPER)
   total, terms = jax.jit(lambda a, b: fn(a, b, None, None, None, neg, x["study_ids"]))(
-      x["img_emb"], x["txt_emb"])
-  ref_total, ref_terms = jax.jit(lambda a, b: reference(weights)(a, b, None, None, None, neg,
-                                                                x["study_ids"]))(
-      x["img_emb"], x["txt_emb"])
-  return dict(total_rel=rel(total, ref_total), terms_rel=scalar_rel(terms, ref_terms),
-              terms=sorted(terms))
+    x["img_emb"], x["txt_emb"]
+  )
+  ref_total, ref_terms = jax.jit(
+    lambda a, b: reference(weights)(a, b, None, None, None, neg, x["study_ids"])
+  )(x["img_emb"], x["txt_emb"])
+  return dict(
+    total_rel=rel(total, ref_total), terms_rel=scalar_rel(terms, ref_terms), terms=sorted(terms)
+  )
 
 
 def check_explicit_mesh():
@@ -208,10 +247,12 @@ def check_explicit_mesh():
   x = make_inputs(9)
   neg = parallel.sample_negatives(jax.random.key(9), N)
   fn = parallel.sharded_itm_loss(mesh, **HYPER)
-  total, terms = fn(x["img_emb"], x["txt_emb"], x["regions"], x["words"], x["word_mask"], neg,
-                    x["study_ids"])
-  ref_total, ref_terms = jax.jit(reference())(x["img_emb"], x["txt_emb"], x["regions"], x["words"],
-                                              x["word_mask"], neg, x["study_ids"])
+  total, terms = fn(
+    x["img_emb"], x["txt_emb"], x["regions"], x["words"], x["word_mask"], neg, x["study_ids"]
+  )
+  ref_total, ref_terms = jax.jit(reference())(
+    x["img_emb"], x["txt_emb"], x["regions"], x["words"], x["word_mask"], neg, x["study_ids"]
+  )
   return dict(total_rel=rel(total, ref_total), terms_rel=scalar_rel(terms, ref_terms))
 
 
@@ -221,26 +262,32 @@ def check_device_mode_off_device_negative():
   x = make_inputs(10)
   neg = (jnp.arange(N, dtype=jnp.int32) + N // 2) % N  # always on another device
   fn = parallel.sharded_itm_loss(mesh, local_pairs="device", **HYPER)
-  _, terms = jax.jit(fn)(x["img_emb"], x["txt_emb"], x["regions"], x["words"], x["word_mask"], neg,
-                         None)
+  _, terms = jax.jit(fn)(
+    x["img_emb"], x["txt_emb"], x["regions"], x["words"], x["word_mask"], neg, None
+  )
   return {k: bool(np.isnan(float(v))) for k, v in terms.items()}
 
 
 def check_sample_negatives():
-  """Within-shard negatives: never the anchor itself, always on the anchor's shard, all reachable."""
+  """Within-shard negatives: never the anchor itself, always on the anchor's shard, all
+  reachable."""
   keys = jax.random.split(jax.random.key(11), 200)
   draws = np.asarray(jax.jit(jax.vmap(lambda k: parallel.sample_negatives(k, N, 4)))(keys))
   anchors = np.arange(N)
-  return dict(self_hits=int(np.sum(draws == anchors)),
-              off_shard=int(np.sum(draws // 4 != anchors // 4)),
-              distinct_per_anchor=[int(len(set(draws[:, i]))) for i in range(N)])
+  return dict(
+    self_hits=int(np.sum(draws == anchors)),
+    off_shard=int(np.sum(draws // 4 != anchors // 4)),
+    distinct_per_anchor=[int(len(set(draws[:, i]))) for i in range(N)],
+  )
 
 
 def check_param_shardings():
   """Parameters created by a jitted init with out_shardings land as the rules say."""
   mesh = mesh_of(("data", -1), ("fsdp", 2), ("model", 2))
-  shapes = {"image": {"stem": {"kernel": (7, 7, 1, 64)}, "head": {"kernel": (512, 96), "bias": (96,)}},
-            "text": {"embed": {"embedding": (1000, 128)}, "attn": {"query": {"kernel": (128, 128)}}}}
+  shapes = {
+    "image": {"stem": {"kernel": (7, 7, 1, 64)}, "head": {"kernel": (512, 96), "bias": (96,)}},
+    "text": {"embed": {"embedding": (1000, 128)}, "attn": {"query": {"kernel": (128, 128)}}},
+  }
   rules = [(r"attn/.*/kernel$", (None, "model")), (r"embed/embedding$", ("fsdp", None))]
 
   def init(key):
@@ -252,8 +299,10 @@ def check_param_shardings():
   shardings = parallel.param_shardings(abstract, mesh, rules, fsdp_min_size=4096)
   params = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
   paths = jax.tree.leaves(parallel.tree_paths(params))
-  return {path: dict(spec=str(leaf.sharding.spec), shard=list(leaf.addressable_shards[0].data.shape))
-          for path, leaf in zip(paths, jax.tree.leaves(params))}
+  return {
+    path: dict(spec=str(leaf.sharding.spec), shard=list(leaf.addressable_shards[0].data.shape))
+    for path, leaf in zip(paths, jax.tree.leaves(params))
+  }
 
 
 def temp_bytes(mesh, local_pairs: str, n: int, regions: int, words: int, dim: int) -> int:
@@ -261,11 +310,19 @@ def temp_bytes(mesh, local_pairs: str, n: int, regions: int, words: int, dim: in
   d = parallel.num_batch_shards(mesh)
   big = n * d
   fn = parallel.sharded_itm_loss(mesh, local_pairs=local_pairs, **HYPER)
-  shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(parallel.mesh_batch_axes(mesh)))
+  shard = jax.sharding.NamedSharding(
+    mesh, jax.sharding.PartitionSpec(parallel.mesh_batch_axes(mesh))
+  )
   arg = lambda *shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=shard)
   grad = jax.jit(jax.grad(lambda *a: fn(*a)[0], argnums=ARGNUMS))
-  compiled = grad.lower(arg(big, dim), arg(big, dim), arg(big, regions, dim), arg(big, words, dim),
-                        arg(big, words, dtype=jnp.bool_), arg(big, dtype=jnp.int32)).compile()
+  compiled = grad.lower(
+    arg(big, dim),
+    arg(big, dim),
+    arg(big, regions, dim),
+    arg(big, words, dim),
+    arg(big, words, dtype=jnp.bool_),
+    arg(big, dtype=jnp.int32),
+  ).compile()
   return int(compiled.memory_analysis().temp_size_in_bytes)
 
 
@@ -280,7 +337,7 @@ def check_memory_flat():
   return out
 
 
-CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
+CHECKS = {name[len("check_") :]: fn for name, fn in globals().items() if name.startswith("check_")}
 
 
 def main(names: list[str]) -> None:

@@ -1,9 +1,11 @@
 """The tiny variant of the default config (configs/default.py:tiny) with per-test overrides."""
+
 from configs import default as default_config
 
 
 def tiny_config(**overrides):
-  """`default.get_config('tiny')` with dotted-key overrides, e.g. tiny_config(**{'loss.mixture': False})."""
+  """`default.get_config('tiny')` with dotted-key overrides, e.g. tiny_config(**{'loss.mixture':
+  False})."""
   c = default_config.get_config("tiny")
   for key, value in overrides.items():
     node = c

@@ -1,6 +1,7 @@
 """Whole training runs as separate processes: 2 processes x 4 devices reproduce 1 process x 8
 devices; a run killed with SIGKILL (mid-training or mid-save) or stopped by SIGTERM resumes from
 its last complete checkpoint and ends with the parameters of an uninterrupted run."""
+
 from __future__ import annotations
 
 import os
@@ -21,15 +22,25 @@ TINY = ["--config", "configs/default.py:tiny", "--noprogress"]
 
 
 def _env(devices: int) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    TF_CPP_MIN_LOG_LEVEL="2",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
   return env
 
 
 def _main(workdir, *overrides, devices=1, **popen):
-  return subprocess.Popen([sys.executable, "-m", "jimte.main", *TINY, "--workdir", str(workdir), *overrides],
-                          cwd=REPO, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, **popen)
+  return subprocess.Popen(
+    [sys.executable, "-m", "jimte.main", *TINY, "--workdir", str(workdir), *overrides],
+    cwd=REPO,
+    env=_env(devices),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **popen,
+  )
 
 
 def _finish(proc, timeout=600) -> str:
@@ -47,7 +58,9 @@ def _assert_trees_close(a, b, rtol=0.0, atol=0.0):
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(la) == len(lb)
   for x, y in zip(la, lb):
-    np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(
+      np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol
+    )
 
 
 @pytest.mark.slow
@@ -56,11 +69,28 @@ def test_two_processes_of_four_devices_reproduce_one_process_of_eight(tmp_path):
   single = _main(tmp_path / "one", *steps, devices=8)
   _finish(single)
   out = subprocess.run(
-      [sys.executable, "-m", "launch.multiprocess", "--num_processes", "2", "--devices_per_process", "4", "--",
-       *TINY, "--workdir", str(tmp_path / "two"), *steps],
-      cwd=REPO, env=_env(4), capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "-m",
+      "launch.multiprocess",
+      "--num_processes",
+      "2",
+      "--devices_per_process",
+      "4",
+      "--",
+      *TINY,
+      "--workdir",
+      str(tmp_path / "two"),
+      *steps,
+    ],
+    cwd=REPO,
+    env=_env(4),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-  assert "[1]" in out.stdout   # both processes ran and reported
+  assert "[1]" in out.stdout  # both processes ran and reported
   one_state, one_meta = _params(tmp_path / "one")
   two_state, two_meta = _params(tmp_path / "two")
   assert one_meta["step"] == two_meta["step"] == 3
@@ -84,16 +114,25 @@ def _has_checkpoint(workdir: Path, step: int):
 
 def _saving_after(workdir: Path, step: int):
   """True while a save of a step > `step` is in progress (orbax's temporary directory exists)."""
+
   def check():
     ckpts = workdir / "checkpoints"
-    return ckpts.exists() and any("tmp" in p.name and int(p.name.split(".")[0]) > step
-                                  for p in ckpts.iterdir() if p.name.split(".")[0].isdigit())
+    return ckpts.exists() and any(
+      "tmp" in p.name and int(p.name.split(".")[0]) > step
+      for p in ckpts.iterdir()
+      if p.name.split(".")[0].isdigit()
+    )
+
   return check
 
 
 @pytest.mark.slow
 def test_kill_and_sigterm_resume_to_the_uninterrupted_result(tmp_path):
-  run = ["--config.total_steps=40", "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=3"]
+  run = [
+    "--config.total_steps=40",
+    "--config.checkpoint_every_steps=4",
+    "--config.keep_checkpoints=3",
+  ]
   _finish(_main(tmp_path / "full", *run))
   full, _ = _params(tmp_path / "full")
 
@@ -108,8 +147,8 @@ def test_kill_and_sigterm_resume_to_the_uninterrupted_result(tmp_path):
   assert 4 <= stopped_at < 40
   # SIGKILL in the middle of a save: the half-written checkpoint is not taken for a complete one.
   proc = _main(work, *run)
-  # (Saves of this tiny model take milliseconds: if none is caught in progress before a later checkpoint
-  # completes, kill right then instead, so the test cannot hang on timing.)
+  # (Saves of this tiny model take milliseconds: if none is caught in progress before a later
+  # checkpoint completes, kill right then instead, so the test cannot hang on timing.)
   later = _has_checkpoint(work, (stopped_at // 4 + 3) * 4)
   mid_save = _saving_after(work, stopped_at)
   _wait_for(lambda: mid_save() or later(), proc, "a save in progress")
@@ -124,4 +163,4 @@ def test_kill_and_sigterm_resume_to_the_uninterrupted_result(tmp_path):
   _finish(_main(work, *run))
   resumed, meta = _params(work)
   assert meta["step"] == 40
-  _assert_trees_close(full, resumed)   # bit-identical: params, optimizer states, batch stats, rng
+  _assert_trees_close(full, resumed)  # bit-identical: params, optimizer states, batch stats, rng

@@ -1,4 +1,5 @@
 """Schedules follow the global step; tower optimizers are independent; clipping is per tower."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

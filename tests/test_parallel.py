@@ -1,6 +1,7 @@
-"""jimte.parallel: mesh and sharding rules (in this process), and the sharded ITM objective against the
-single-device `losses.itm_loss` on 8 simulated CPU devices (in a subprocess: the device-count flag
-must be set before jax is imported, and the rest of the suite runs with one device)."""
+"""jimte.parallel: mesh and sharding rules (in this process), and the sharded ITM objective against
+the single-device `losses.itm_loss` on 8 simulated CPU devices (in a subprocess: the device-count
+flag must be set before jax is imported, and the rest of the suite runs with one device)."""
+
 from __future__ import annotations
 
 import json
@@ -24,23 +25,30 @@ TOL = 1e-5  # float32, relative (see _parallel_checks.rel: max |a - b| / max |b|
 HYPER = dict(gamma1=4.0, gamma2=5.0, gamma3=10.0, sentence_margin=0.5, word_margin=0.5)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Mesh.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+
 
 def test_resolve_axis_sizes_fills_the_free_axis():
   assert parallel.resolve_axis_sizes((("data", -1), ("fsdp", 2)), 8) == [("data", 4), ("fsdp", 2)]
   assert parallel.resolve_axis_sizes({"data": 2, "fsdp": -1, "model": 2}, 8) == [
-      ("data", 2), ("fsdp", 2), ("model", 2)]
+    ("data", 2),
+    ("fsdp", 2),
+    ("model", 2),
+  ]
 
 
-@pytest.mark.parametrize("axes, devices, message", [
+@pytest.mark.parametrize(
+  "axes, devices, message",
+  [
     ((("data", -1), ("fsdp", -1)), 8, "at most one"),
     ((("data", -1), ("fsdp", 3)), 8, "not divisible"),
     ((("data", 2), ("fsdp", 2)), 8, "hold 4 devices"),
     ((("data", 0),), 8, "positive"),
     ((("data", -1), ("data", 1)), 8, "repeated"),
-])
+  ],
+)
 def test_resolve_axis_sizes_rejects_bad_layouts(axes, devices, message):
   with pytest.raises(ValueError, match=message):
     parallel.resolve_axis_sizes(axes, devices)
@@ -71,23 +79,31 @@ def test_batch_sharding_splits_the_leading_dim_over_data_axes():
     parallel.batch_sharding(mesh, ("replica",))
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Parameter sharding rules.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+
 
 def _shapes(tree):
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32), tree,
-                      is_leaf=lambda s: isinstance(s, tuple))
+  return jax.tree.map(
+    lambda s: jax.ShapeDtypeStruct(s, jnp.float32), tree, is_leaf=lambda s: isinstance(s, tuple)
+  )
 
 
-FAKE_PARAMS = _shapes({
-    "image": {"stem": {"kernel": (7, 7, 1, 64)},                  # 3136 elements: small
-              "block0": {"conv": {"kernel": (3, 3, 64, 64)}},     # 36864: fsdp on a 64
-              "head": {"kernel": (510, 256), "bias": (256,)}},     # 510 % 4 != 0: fsdp on dim 1
-    "text": {"embed": {"embedding": (30000, 128)},
-             "layers": [{"attn": {"query": {"kernel": (128, 128)}}}, {"mlp": {"kernel": (64, 64)}}]},
-    "odd": (3, 5, 7, 11, 13),                                        # large, nothing divisible
-})
+FAKE_PARAMS = _shapes(
+  {
+    "image": {
+      "stem": {"kernel": (7, 7, 1, 64)},  # 3136 elements: small
+      "block0": {"conv": {"kernel": (3, 3, 64, 64)}},  # 36864: fsdp on a 64
+      "head": {"kernel": (510, 256), "bias": (256,)},
+    },  # 510 % 4 != 0: fsdp on dim 1
+    "text": {
+      "embed": {"embedding": (30000, 128)},
+      "layers": [{"attn": {"query": {"kernel": (128, 128)}}}, {"mlp": {"kernel": (64, 64)}}],
+    },
+    "odd": (3, 5, 7, 11, 13),  # large, nothing divisible
+  }
+)
 
 
 def test_tree_paths_join_keys_and_indices():
@@ -100,20 +116,28 @@ def test_tree_paths_join_keys_and_indices():
 
 def test_param_specs_rules_then_automatic_fsdp():
   mesh = AbstractMesh((2, 4, 2), ("data", "fsdp", "model"))
-  rules = [(r"attn/.*/kernel$", (None, "model")),
-           (r"embed/embedding$", ("model", "fsdp")),
-           (r"bias$", ()),
-           (r"attn/.*", ("fsdp",))]  # never reached for the query kernel: first match wins
+  rules = [
+    (r"attn/.*/kernel$", (None, "model")),
+    (r"embed/embedding$", ("model", "fsdp")),
+    (r"bias$", ()),
+    (r"attn/.*", ("fsdp",)),
+  ]  # never reached for the query kernel: first match wins
   specs = parallel.param_specs(FAKE_PARAMS, mesh, rules, fsdp_min_size=4096)
-  flat = dict(zip(jax.tree.leaves(parallel.tree_paths(FAKE_PARAMS)),
-                  jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))))
+  flat = dict(
+    zip(
+      jax.tree.leaves(parallel.tree_paths(FAKE_PARAMS)),
+      jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)),
+    )
+  )
   assert flat["text/layers/0/attn/query/kernel"] == P(None, "model")
   assert flat["text/embed/embedding"] == P("model", "fsdp")
   assert flat["image/head/bias"] == P()
-  assert flat["image/stem/kernel"] == P()                       # below fsdp_min_size
-  assert flat["image/block0/conv/kernel"] == P(None, None, "fsdp")  # largest divisible, first of ties
-  assert flat["image/head/kernel"] == P(None, "fsdp")           # 510 not divisible by 4
-  assert flat["text/layers/1/mlp/kernel"] == P("fsdp")           # 4096 elements: at the threshold
+  assert flat["image/stem/kernel"] == P()  # below fsdp_min_size
+  assert flat["image/block0/conv/kernel"] == P(
+    None, None, "fsdp"
+  )  # largest divisible, first of ties
+  assert flat["image/head/kernel"] == P(None, "fsdp")  # 510 not divisible by 4
+  assert flat["text/layers/1/mlp/kernel"] == P("fsdp")  # 4096 elements: at the threshold
   assert flat["odd"] == P()
 
 
@@ -123,12 +147,15 @@ def test_param_specs_without_fsdp_axis_replicate():
   assert all(s == P() for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)))
 
 
-@pytest.mark.parametrize("rule, message", [
+@pytest.mark.parametrize(
+  "rule, message",
+  [
     ((r"head/kernel", ("tensor",)), "no mesh axis 'tensor'"),
     ((r"head/kernel", ("fsdp",)), "not divisible"),
     ((r"head/bias", (None, "fsdp")), "more entries"),
     ((r"head/kernel", ("fsdp", "fsdp")), "twice"),
-])
+  ],
+)
 def test_param_specs_reject_bad_rules(rule, message):
   mesh = AbstractMesh((2, 4), ("data", "fsdp"))
   with pytest.raises(ValueError, match=message):
@@ -143,18 +170,21 @@ def test_param_shardings_on_a_real_mesh_and_config_rules():
   assert all(isinstance(s, jax.sharding.NamedSharding) and s.mesh == mesh for s in leaves)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The sharded objective in this process (a one-device mesh: the shard_map path with d = 1).
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+
 
 def _inputs(batch=6, regions=4, words=5, dim=8, seed=0):
   rng = np.random.default_rng(seed)
   valid = rng.integers(1, words + 1, size=batch)
-  return (jnp.asarray(rng.standard_normal((batch, dim)), jnp.float32),
-          jnp.asarray(rng.standard_normal((batch, dim)), jnp.float32),
-          jnp.asarray(rng.standard_normal((batch, regions, dim)), jnp.float32),
-          jnp.asarray(rng.standard_normal((batch, words, dim)), jnp.float32),
-          jnp.asarray(np.arange(words)[None] < valid[:, None]))
+  return (
+    jnp.asarray(rng.standard_normal((batch, dim)), jnp.float32),
+    jnp.asarray(rng.standard_normal((batch, dim)), jnp.float32),
+    jnp.asarray(rng.standard_normal((batch, regions, dim)), jnp.float32),
+    jnp.asarray(rng.standard_normal((batch, words, dim)), jnp.float32),
+    jnp.asarray(np.arange(words)[None] < valid[:, None]),
+  )
 
 
 @pytest.mark.parametrize("local_pairs", ["global", "device"])
@@ -166,12 +196,14 @@ def test_one_device_mesh_matches_itm_loss_values_and_grads(local_pairs):
   sharded = parallel.sharded_itm_loss(mesh, local_pairs=local_pairs, **HYPER)
 
   def grads(fn):
-    return jax.jit(jax.value_and_grad(lambda *a: fn(*a, mask, neg, study), argnums=(0, 1, 2, 3),
-                                      has_aux=True))(img, txt, regions, words)
+    return jax.jit(
+      jax.value_and_grad(lambda *a: fn(*a, mask, neg, study), argnums=(0, 1, 2, 3), has_aux=True)
+    )(img, txt, regions, words)
 
   (total, terms), g = grads(sharded)
   (ref_total, ref_terms), ref_g = grads(
-      lambda *a: losses.itm_loss(*a[:5], a[5], study_ids=a[6], **HYPER))
+    lambda *a: losses.itm_loss(*a[:5], a[5], study_ids=a[6], **HYPER)
+  )
   assert sorted(terms) == sorted(losses.TERM_NAMES)
   np.testing.assert_allclose(float(total), float(ref_total), rtol=TOL)
   for name in losses.TERM_NAMES:
@@ -206,29 +238,51 @@ def test_sample_negatives_single_shard():
     parallel.sample_negatives(jax.random.key(3), 10, 4)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # 8 simulated devices, in a subprocess (tests/_parallel_checks.py).
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
-CORE = ("global_data8", "global_data4_fsdp2", "device_data8", "device_data4_fsdp2",
-        "sample_negatives", "param_shardings")
-EXTENDED = ("global_pair_negatives_no_study", "global_hardest", "global_gather", "device_hardest",
-            "model_axis", "word_triplets_without_word_ce", "sentence_only_without_word_inputs",
-            "explicit_mesh", "device_mode_off_device_negative", "memory_flat")
+CORE = (
+  "global_data8",
+  "global_data4_fsdp2",
+  "device_data8",
+  "device_data4_fsdp2",
+  "sample_negatives",
+  "param_shardings",
+)
+EXTENDED = (
+  "global_pair_negatives_no_study",
+  "global_hardest",
+  "global_gather",
+  "device_hardest",
+  "model_axis",
+  "word_triplets_without_word_ce",
+  "sentence_only_without_word_inputs",
+  "explicit_mesh",
+  "device_mode_off_device_negative",
+  "memory_flat",
+)
 
 
 def _run_checks(names) -> dict:
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
   env.pop("XLA_FLAGS", None)  # the script sets the device count itself
-  done = subprocess.run([sys.executable, str(REPO / "tests" / "_parallel_checks.py"), *names],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+  done = subprocess.run(
+    [sys.executable, str(REPO / "tests" / "_parallel_checks.py"), *names],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1800,
+  )
   assert done.returncode == 0, done.stderr[-6000:]
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 class _Results(dict):
-  """Check name -> result; a check that raised in the subprocess fails its test with the traceback."""
+  """Check name -> result; a check that raised in the subprocess fails its test with the
+  traceback."""
 
   def __getitem__(self, name):
     result = super().__getitem__(name)
@@ -275,26 +329,38 @@ def test_within_shard_negatives(core):
 
 def test_params_created_sharded_follow_the_rules(core):
   result = core["param_shardings"]
-  assert result["text/attn/query/kernel"]["shard"] == [128, 64]      # rule: columns over model=2
-  assert result["text/embed/embedding"]["shard"] == [500, 128]       # rule: rows over fsdp=2
-  assert result["image/head/kernel"]["shard"] == [256, 96]           # automatic fsdp, largest dim
-  assert result["image/head/bias"]["shard"] == [96]                  # small: replicated
-  assert result["image/stem/kernel"]["shard"] == [7, 7, 1, 64]       # below fsdp_min_size
+  assert result["text/attn/query/kernel"]["shard"] == [128, 64]  # rule: columns over model=2
+  assert result["text/embed/embedding"]["shard"] == [500, 128]  # rule: rows over fsdp=2
+  assert result["image/head/kernel"]["shard"] == [256, 96]  # automatic fsdp, largest dim
+  assert result["image/head/bias"]["shard"] == [96]  # small: replicated
+  assert result["image/stem/kernel"]["shard"] == [7, 7, 1, 64]  # below fsdp_min_size
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["global_pair_negatives_no_study", "global_hardest", "global_gather",
-                                  "device_hardest", "model_axis"])
+@pytest.mark.parametrize(
+  "name",
+  [
+    "global_pair_negatives_no_study",
+    "global_hardest",
+    "global_gather",
+    "device_hardest",
+    "model_axis",
+  ],
+)
 def test_sharded_variants_equal_single_device(extended, name):
   _assert_matches(extended[name])
 
 
 @pytest.mark.slow
 def test_weight_zero_terms_are_skipped(extended):
-  _assert_matches(extended["word_triplets_without_word_ce"],
-                  [t for t in losses.TERM_NAMES if not t.startswith("word_ce")])
-  _assert_matches(extended["sentence_only_without_word_inputs"],
-                  [t for t in losses.TERM_NAMES if t.startswith("sentence")])
+  _assert_matches(
+    extended["word_triplets_without_word_ce"],
+    [t for t in losses.TERM_NAMES if not t.startswith("word_ce")],
+  )
+  _assert_matches(
+    extended["sentence_only_without_word_inputs"],
+    [t for t in losses.TERM_NAMES if t.startswith("sentence")],
+  )
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """FLOPs per step from XLA's cost analysis, and the peak used for the MFU estimate."""
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -18,10 +19,10 @@ def test_compiled_steps_compile_once_per_kind_and_record_flops():
   x = jnp.ones((8, 8))
   y = steps("double", x)
   steps("double", y)
-  assert len(calls) == 1                         # traced once
-  assert steps.flops["double"] == pytest.approx(2 * 8 ** 3, rel=0.05)
+  assert len(calls) == 1  # traced once
+  assert steps.flops["double"] == pytest.approx(2 * 8**3, rel=0.05)
 
 
 def test_device_peak():
   assert perf.device_peak_flops(123.0) == 123.0
-  assert perf.device_peak_flops() == 150e9       # this CPU's measured matmul peak
+  assert perf.device_peak_flops() == 150e9  # this CPU's measured matmul peak

@@ -1,4 +1,5 @@
-"""Tests for data_pipeline.tokenizer on the real IU / Open-i reports (skipped when the data is absent)."""
+"""Tests for data_pipeline.tokenizer on the real IU / Open-i reports (skipped when the data is
+absent)."""
 
 from __future__ import annotations
 
@@ -18,149 +19,165 @@ IU_REPORTS = DATA / "iu_xray" / "reports_openi.csv"
 
 # Awkward inputs the graph and eager paths must treat identically.
 TRICKY = [
-    "",
-    "   ",
-    "Heart size normal.\n\nNo  effusion.\t XXXX",
-    "Normal chest x-XXXX. XXXXXXXX xxxx Xxxx",
-    "ÉCOLE naïve café ＡＢＣ x\u00a0y ½ µ",
-    "\u2603 snowman \U0001F600 and [MASK] spelled out",
+  "",
+  "   ",
+  "Heart size normal.\n\nNo  effusion.\t XXXX",
+  "Normal chest x-XXXX. XXXXXXXX xxxx Xxxx",
+  "ÉCOLE naïve café ＡＢＣ x\u00a0y ½ µ",
+  "\u2603 snowman \U0001f600 and [MASK] spelled out",
 ]
 
 
 def _iu_reports() -> list[str]:
-    if not IU_REPORTS.exists():
-        pytest.skip(f"{IU_REPORTS} not available")
-    with IU_REPORTS.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    texts = [f"{r['findings']} {r['impression']}".strip() for r in rows]
-    return [t for t in texts if t]
+  if not IU_REPORTS.exists():
+    pytest.skip(f"{IU_REPORTS} not available")
+  with IU_REPORTS.open(newline="", encoding="utf-8") as handle:
+    rows = list(csv.DictReader(handle))
+  texts = [f"{r['findings']} {r['impression']}".strip() for r in rows]
+  return [t for t in texts if t]
 
 
 @pytest.fixture(scope="module")
 def reports() -> tuple[list[str], list[str]]:
-    """IU reports split into a training part and a held-out part."""
-    texts = _iu_reports()
-    cut = (len(texts) * 3) // 4
-    return texts[:cut], texts[cut:]
+  """IU reports split into a training part and a held-out part."""
+  texts = _iu_reports()
+  cut = (len(texts) * 3) // 4
+  return texts[:cut], texts[cut:]
 
 
 @pytest.fixture(scope="module")
 def tokenizer(reports) -> tok.Tokenizer:
-    train, _ = reports
-    return tok.Tokenizer.train(train, max_len=512, vocab_size=2000, num_threads=1)
+  train, _ = reports
+  return tok.Tokenizer.train(train, max_len=512, vocab_size=2000, num_threads=1)
 
 
 def test_normalize_lowercases_collapses_whitespace_and_keeps_redactions():
-    assert tok.normalize_text("  The Heart\tis  NORMAL.\n") == "the heart is normal."
-    assert tok.normalize_text("Normal chest x-XXXX. XXXX XXXX") == "normal chest x-XXXX. XXXX XXXX"
-    # Only the exact upper-case redaction survives; ordinary words containing x are lower-cased.
-    assert tok.normalize_text("Xxxx XXX xXXXX") == "xxxx xxx xXXXX"
-    assert tok.normalize_text("ＡＢＣ ½") == "abc 1⁄2"
+  assert tok.normalize_text("  The Heart\tis  NORMAL.\n") == "the heart is normal."
+  assert tok.normalize_text("Normal chest x-XXXX. XXXX XXXX") == "normal chest x-XXXX. XXXX XXXX"
+  # Only the exact upper-case redaction survives; ordinary words containing x are lower-cased.
+  assert tok.normalize_text("Xxxx XXX xXXXX") == "xxxx xxx xXXXX"
+  assert tok.normalize_text("ＡＢＣ ½") == "abc 1⁄2"
 
 
 def test_graph_normaliser_matches_python(reports):
-    texts = reports[1][:400] + TRICKY
-    graph = tok.normalize_text_tf(tf.constant(texts)).numpy()
-    assert [g.decode("utf-8") for g in graph] == [tok.normalize_text(t) for t in texts]
+  texts = reports[1][:400] + TRICKY
+  graph = tok.normalize_text_tf(tf.constant(texts)).numpy()
+  assert [g.decode("utf-8") for g in graph] == [tok.normalize_text(t) for t in texts]
 
 
 def test_special_ids_are_as_contracted(tokenizer):
-    assert (tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.mask_id) == (
-        0, 1, 2, 3, 4)
-    assert [tokenizer.id_to_piece(i) for i in range(5)] == ["<pad>", "<unk>", "<s>", "</s>", "[MASK]"]
-    assert 1000 < tokenizer.vocab_size <= 2000
-    # The redaction is frequent enough in IU to earn a piece of its own.
-    ids = tokenizer.encode(["XXXX"])[0]
-    assert ids[0] == tok.BOS_ID and tokenizer.id_to_piece(ids[1]) == "▁XXXX" and ids[2] == tok.EOS_ID
+  assert (
+    tokenizer.pad_id,
+    tokenizer.unk_id,
+    tokenizer.bos_id,
+    tokenizer.eos_id,
+    tokenizer.mask_id,
+  ) == (0, 1, 2, 3, 4)
+  assert [tokenizer.id_to_piece(i) for i in range(5)] == ["<pad>", "<unk>", "<s>", "</s>", "[MASK]"]
+  assert 1000 < tokenizer.vocab_size <= 2000
+  # The redaction is frequent enough in IU to earn a piece of its own.
+  ids = tokenizer.encode(["XXXX"])[0]
+  assert ids[0] == tok.BOS_ID and tokenizer.id_to_piece(ids[1]) == "▁XXXX" and ids[2] == tok.EOS_ID
 
 
 def test_round_trip_on_held_out_reports(tokenizer, reports):
-    held_out = reports[1]
-    ids = tokenizer.encode(held_out)
-    assert ids.dtype == np.int32 and ids.shape == (len(held_out), 512)
-    assert not (ids == tok.UNK_ID).any(), "byte fallback should leave no UNK"
-    lengths = (ids != tok.PAD_ID).sum(axis=1)
-    assert lengths.max() < 512, "raise max_len: a held-out report was truncated"
-    assert tokenizer.decode(ids) == [tok.normalize_text(t) for t in held_out]
-    # Characters never seen in training come back too (spelled as bytes).
-    assert tokenizer.decode(tokenizer.encode(TRICKY)) == [tok.normalize_text(t) for t in TRICKY]
+  held_out = reports[1]
+  ids = tokenizer.encode(held_out)
+  assert ids.dtype == np.int32 and ids.shape == (len(held_out), 512)
+  assert not (ids == tok.UNK_ID).any(), "byte fallback should leave no UNK"
+  lengths = (ids != tok.PAD_ID).sum(axis=1)
+  assert lengths.max() < 512, "raise max_len: a held-out report was truncated"
+  assert tokenizer.decode(ids) == [tok.normalize_text(t) for t in held_out]
+  # Characters never seen in training come back too (spelled as bytes).
+  assert tokenizer.decode(tokenizer.encode(TRICKY)) == [tok.normalize_text(t) for t in TRICKY]
 
 
 def test_layout_bos_words_eos_pad(tokenizer):
-    ids = tokenizer.encode(["No acute disease.", ""])
-    n = int((ids[0] != tok.PAD_ID).sum())
-    assert ids[0, 0] == tok.BOS_ID and ids[0, n - 1] == tok.EOS_ID and n > 3
-    assert (ids[0, 1:n - 1] >= tok.FIRST_ORDINARY_ID).all()
-    assert (ids[0, n:] == tok.PAD_ID).all()
-    assert ids[1, :2].tolist() == [tok.BOS_ID, tok.EOS_ID] and (ids[1, 2:] == tok.PAD_ID).all()
+  ids = tokenizer.encode(["No acute disease.", ""])
+  n = int((ids[0] != tok.PAD_ID).sum())
+  assert ids[0, 0] == tok.BOS_ID and ids[0, n - 1] == tok.EOS_ID and n > 3
+  assert (ids[0, 1 : n - 1] >= tok.FIRST_ORDINARY_ID).all()
+  assert (ids[0, n:] == tok.PAD_ID).all()
+  assert ids[1, :2].tolist() == [tok.BOS_ID, tok.EOS_ID] and (ids[1, 2:] == tok.PAD_ID).all()
 
 
 def test_graph_and_eager_ids_identical(tokenizer, reports):
-    texts = reports[1][:300] + TRICKY
-    eager = tokenizer.encode(texts)
-    graph = tokenizer.tokenize(tf.constant(texts)).numpy()
-    np.testing.assert_array_equal(graph, eager)
-    # Per element inside a tf.data map (scalar input -> [L]), the way the input pipeline uses it.
-    ds = tf.data.Dataset.from_tensor_slices(texts).map(tokenizer.tokenize)
-    np.testing.assert_array_equal(np.stack(list(ds.as_numpy_iterator())), eager)
+  texts = reports[1][:300] + TRICKY
+  eager = tokenizer.encode(texts)
+  graph = tokenizer.tokenize(tf.constant(texts)).numpy()
+  np.testing.assert_array_equal(graph, eager)
+  # Per element inside a tf.data map (scalar input -> [L]), the way the input pipeline uses it.
+  ds = tf.data.Dataset.from_tensor_slices(texts).map(tokenizer.tokenize)
+  np.testing.assert_array_equal(np.stack(list(ds.as_numpy_iterator())), eager)
 
 
 def test_truncation_keeps_eos(tokenizer, reports):
-    short = tok.Tokenizer(tokenizer.model_proto, max_len=8)
-    long_text = max(reports[1], key=len)
-    full = tokenizer.encode([long_text])[0]
-    for ids in (short.encode([long_text])[0], short.tokenize(long_text).numpy()):
-        assert ids.shape == (8,)
-        assert ids[0] == tok.BOS_ID and ids[-1] == tok.EOS_ID
-        np.testing.assert_array_equal(ids[1:-1], full[1:7])  # the first six pieces, in order
-    # A text of exactly max_len - 2 pieces is not truncated: its EOS lands in the last slot.
-    exact = short.decode(full[None, :7])[0]
-    ids = short.encode([exact])[0]
-    assert ids[-1] == tok.EOS_ID and (ids != tok.PAD_ID).all()
+  short = tok.Tokenizer(tokenizer.model_proto, max_len=8)
+  long_text = max(reports[1], key=len)
+  full = tokenizer.encode([long_text])[0]
+  for ids in (short.encode([long_text])[0], short.tokenize(long_text).numpy()):
+    assert ids.shape == (8,)
+    assert ids[0] == tok.BOS_ID and ids[-1] == tok.EOS_ID
+    np.testing.assert_array_equal(ids[1:-1], full[1:7])  # the first six pieces, in order
+  # A text of exactly max_len - 2 pieces is not truncated: its EOS lands in the last slot.
+  exact = short.decode(full[None, :7])[0]
+  ids = short.encode([exact])[0]
+  assert ids[-1] == tok.EOS_ID and (ids != tok.PAD_ID).all()
 
 
 def test_save_load_round_trip(tokenizer, reports, tmp_path):
-    texts = reports[1][:100] + TRICKY
-    saved = Path(tokenizer.save(tmp_path / "tok"))
-    assert sorted(p.name for p in saved.iterdir()) == [tok.MODEL_FILENAME, tok.CONFIG_FILENAME]
-    config = json.loads((saved / tok.CONFIG_FILENAME).read_text())
-    assert config["max_len"] == 512 and config["mask_id"] == 4 and config["vocab_size"] == tokenizer.vocab_size
-    loaded = tok.Tokenizer.load(saved)
-    assert loaded.max_len == tokenizer.max_len and loaded.vocab_size == tokenizer.vocab_size
-    np.testing.assert_array_equal(loaded.encode(texts), tokenizer.encode(texts))
-    np.testing.assert_array_equal(loaded.tokenize(texts).numpy(), tokenizer.encode(texts))
+  texts = reports[1][:100] + TRICKY
+  saved = Path(tokenizer.save(tmp_path / "tok"))
+  assert sorted(p.name for p in saved.iterdir()) == [tok.MODEL_FILENAME, tok.CONFIG_FILENAME]
+  config = json.loads((saved / tok.CONFIG_FILENAME).read_text())
+  assert (
+    config["max_len"] == 512
+    and config["mask_id"] == 4
+    and config["vocab_size"] == tokenizer.vocab_size
+  )
+  loaded = tok.Tokenizer.load(saved)
+  assert loaded.max_len == tokenizer.max_len and loaded.vocab_size == tokenizer.vocab_size
+  np.testing.assert_array_equal(loaded.encode(texts), tokenizer.encode(texts))
+  np.testing.assert_array_equal(loaded.tokenize(texts).numpy(), tokenizer.encode(texts))
 
-    config["normalizer"] = "something_else"
-    (saved / tok.CONFIG_FILENAME).write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="normaliser"):
-        tok.Tokenizer.load(saved)
+  config["normalizer"] = "something_else"
+  (saved / tok.CONFIG_FILENAME).write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="normaliser"):
+    tok.Tokenizer.load(saved)
 
 
 def test_rejects_model_without_contract_ids(reports, tmp_path):
-    prefix = tmp_path / "plain"
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(reports[0][:500]))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(prefix), vocab_size=300, minloglevel=2)
-    with pytest.raises(ValueError, match="contract"):
-        tok.Tokenizer(Path(f"{prefix}.model").read_bytes())
+  prefix = tmp_path / "plain"
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("\n".join(reports[0][:500]))
+  spm.SentencePieceTrainer.train(
+    input=str(corpus), model_prefix=str(prefix), vocab_size=300, minloglevel=2
+  )
+  with pytest.raises(ValueError, match="contract"):
+    tok.Tokenizer(Path(f"{prefix}.model").read_bytes())
 
 
 def test_bpe_model_type(reports):
-    bpe = tok.Tokenizer.train(reports[0][:800], max_len=512, vocab_size=500, model_type="bpe", num_threads=1)
-    texts = reports[1][:50]
-    assert bpe.decode(bpe.encode(texts)) == [tok.normalize_text(t) for t in texts]
-    np.testing.assert_array_equal(bpe.tokenize(texts).numpy(), bpe.encode(texts))
+  bpe = tok.Tokenizer.train(
+    reports[0][:800], max_len=512, vocab_size=500, model_type="bpe", num_threads=1
+  )
+  texts = reports[1][:50]
+  assert bpe.decode(bpe.encode(texts)) == [tok.normalize_text(t) for t in texts]
+  np.testing.assert_array_equal(bpe.tokenize(texts).numpy(), bpe.encode(texts))
 
 
 def test_cli_reads_csv_columns_and_text_files(reports, tmp_path):
-    assert tok.read_texts(f"{IU_REPORTS}:findings+impression")[:3] == reports[0][:3]
-    lines = tmp_path / "reports.txt"
-    lines.write_text("\n".join(reports[0][:600]) + "\n\n")
-    assert tok.read_texts(str(lines)) == reports[0][:600]
+  assert tok.read_texts(f"{IU_REPORTS}:findings+impression")[:3] == reports[0][:3]
+  lines = tmp_path / "reports.txt"
+  lines.write_text("\n".join(reports[0][:600]) + "\n\n")
+  assert tok.read_texts(str(lines)) == reports[0][:600]
 
-    out = tmp_path / "cli_tok"
-    assert tok.main(["--texts", str(lines), "--vocab_size", "400", "--max_len", "384", "--out", str(out)]) == 0
-    loaded = tok.Tokenizer.load(out)
-    assert loaded.max_len == 384 and loaded.vocab_size <= 400
-    held_out = reports[1][:20]
-    assert loaded.decode(loaded.encode(held_out)) == [tok.normalize_text(t) for t in held_out]
+  out = tmp_path / "cli_tok"
+  assert (
+    tok.main(["--texts", str(lines), "--vocab_size", "400", "--max_len", "384", "--out", str(out)])
+    == 0
+  )
+  loaded = tok.Tokenizer.load(out)
+  assert loaded.max_len == 384 and loaded.vocab_size <= 400
+  held_out = reports[1][:20]
+  assert loaded.decode(loaded.encode(held_out)) == [tok.normalize_text(t) for t in held_out]

@@ -30,17 +30,17 @@ BUILDER_NAMES: tuple[str, ...] = ("covid_cxr", "iu_xray", "mimic_cxr", "syntheti
 
 
 def builder_dir(name: str) -> Path:
-    """Folder of builder ``name`` (the argument ``tfds build`` takes)."""
-    if name not in BUILDER_NAMES:
-        raise ValueError(f"Unknown builder {name!r}; known: {BUILDER_NAMES}")
-    return Path(__file__).resolve().parent / name
+  """Folder of builder ``name`` (the argument ``tfds build`` takes)."""
+  if name not in BUILDER_NAMES:
+    raise ValueError(f"Unknown builder {name!r}; known: {BUILDER_NAMES}")
+  return Path(__file__).resolve().parent / name
 
 
 def builder_class(name: str):
-    """Imports and returns ``data_pipeline.builders.<name>.Builder``."""
-    if name not in BUILDER_NAMES:
-        raise ValueError(f"Unknown builder {name!r}; known: {BUILDER_NAMES}")
-    return importlib.import_module(f"{__name__}.{name}").Builder
+  """Imports and returns ``data_pipeline.builders.<name>.Builder``."""
+  if name not in BUILDER_NAMES:
+    raise ValueError(f"Unknown builder {name!r}; known: {BUILDER_NAMES}")
+  return importlib.import_module(f"{__name__}.{name}").Builder
 
 
 __all__ = ["BUILDER_NAMES", "builder_class", "builder_dir"]

@@ -4,6 +4,7 @@ best-matched words overlaid (the second softmax of losses.md, alpha[k, r], upsam
 The words shown are the report's tokens with the highest matching term cos(E_k, c_k), i.e. the words
 the model grounds most confidently; ground-truth boxes are drawn when the split carries them.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,14 +27,17 @@ def word_attention_for_pairs(encoded: Mapping[str, np.ndarray], rows: np.ndarray
   context = np.einsum("ntr,nrd->ntd", alpha, np.asarray(flat))
   w_np = np.asarray(words)
   cos = (context * w_np).sum(-1) / np.maximum(
-      np.linalg.norm(context, axis=-1) * np.linalg.norm(w_np, axis=-1), 1e-8)
+    np.linalg.norm(context, axis=-1) * np.linalg.norm(w_np, axis=-1), 1e-8
+  )
   cos = np.where(np.asarray(mask), cos, -np.inf)
   return alpha.reshape(n, -1, h, w), cos
 
 
 STOPWORDS = frozenset(
-    "the a an and or of in on at to is are was were be been with without no not there this that as "
-    "for from by its it within normal limits seen noted prior study comparison views view chest".split())
+  "the a an and or of in on at to is are was were be been with without no not there this that as "
+  "for from by its it within normal limits seen noted prior study comparison views view "
+  "chest".split()
+)
 
 
 def group_words(pieces: list[str]) -> list[list[int]]:
@@ -52,10 +56,12 @@ def _is_special(piece: str) -> bool:
   return piece.startswith("<") and piece.endswith(">")
 
 
-def pick_words(pieces: list[str], match: np.ndarray, count: int) -> list[tuple[str, list[int], float]]:
+def pick_words(
+  pieces: list[str], match: np.ndarray, count: int
+) -> list[tuple[str, list[int], float]]:
   """The `count` content words with the best matching term (max over their pieces)."""
   chosen = []
-  valid = np.isfinite(match)   # padding and other masked slots have match -inf
+  valid = np.isfinite(match)  # padding and other masked slots have match -inf
   for group in group_words([p for p, ok in zip(pieces, valid) if ok]):
     group = [int(k) for k in np.flatnonzero(valid)[group]]
     text = "".join(pieces[k] for k in group).replace("\u2581", "").strip(".,;:")
@@ -67,15 +73,23 @@ def pick_words(pieces: list[str], match: np.ndarray, count: int) -> list[tuple[s
   return chosen[:count]
 
 
-def save_attention_png(path: str, encoded: Mapping[str, np.ndarray], tokenizer, *, gamma1: float,
-                       num_pairs: int = 4, words_per_pair: int = 4,
-                       boxes: Mapping[int, list[tuple[str, tuple[float, float, float, float]]]] | None = None) -> str:
+def save_attention_png(
+  path: str,
+  encoded: Mapping[str, np.ndarray],
+  tokenizer,
+  *,
+  gamma1: float,
+  num_pairs: int = 4,
+  words_per_pair: int = 4,
+  boxes: Mapping[int, list[tuple[str, tuple[float, float, float, float]]]] | None = None,
+) -> str:
   """Writes the figure to `path` and returns it. `encoded` must hold 'image' and 'image_index'.
 
   Each panel shows one whole word of the report (its pieces' attention averaged), chosen among the
   report's content words by the best matching term cos(E_k, c_k).
   """
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   from matplotlib.patches import Rectangle
@@ -103,18 +117,29 @@ def save_attention_png(path: str, encoded: Mapping[str, np.ndarray], tokenizer, 
     if boxes:
       for finding, (y0, x0, y1, x1) in boxes.get(int(encoded["image_index"][i]), []):
         for ax in axes[i]:
-          ax.add_patch(Rectangle((x0 * size, y0 * size), (x1 - x0) * size, (y1 - y0) * size,
-                                 fill=False, edgecolor="lime", linewidth=0.8))
+          ax.add_patch(
+            Rectangle(
+              (x0 * size, y0 * size),
+              (x1 - x0) * size,
+              (y1 - y0) * size,
+              fill=False,
+              edgecolor="lime",
+              linewidth=0.8,
+            )
+          )
         axes[i, 0].text(x0 * size, y0 * size, finding, color="lime", fontsize=5)
     for ax in axes[i]:
       ax.set_xticks([])
       ax.set_yticks([])
       if not ax.images:
         ax.axis("off")
-  fig.suptitle("word -> region attention (alpha) on held-out pairs; green: ground-truth boxes", fontsize=9)
+  fig.suptitle(
+    "word -> region attention (alpha) on held-out pairs; green: ground-truth boxes", fontsize=9
+  )
   fig.tight_layout()
   import io
-  import tensorflow as tf   # tf.io.gfile: the work dir may be on GCS
+  import tensorflow as tf  # tf.io.gfile: the work dir may be on GCS
+
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=110)
   plt.close(fig)

@@ -3,6 +3,7 @@
 Each host feeds its share of the split; outputs are gathered across hosts so every process holds the
 full, padding-free arrays in split order.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
@@ -16,15 +17,28 @@ ENCODED_KEYS = ("image_global", "regions", "sentence", "words", "word_mask")
 
 def make_encode_fn(model):
   """A jitted function (variables, image, tokens) -> the joint outputs in eval mode."""
+
   def encode(variables, image, tokens):
     out = model.apply(variables, image, tokens, train=False)
-    return {"image_global": out.image_global, "regions": out.regions, "sentence": out.sentence,
-            "words": out.words, "word_mask": out.word_mask}
+    return {
+      "image_global": out.image_global,
+      "regions": out.regions,
+      "sentence": out.sentence,
+      "words": out.words,
+      "word_mask": out.word_mask,
+    }
+
   return jax.jit(encode)
 
 
-def encode_split(model, variables: Mapping[str, Any], batches: Iterable[Mapping[str, jax.Array]],
-                 *, keep_images: int = 0, extra_keys: Iterable[str] = ()) -> dict[str, np.ndarray]:
+def encode_split(
+  model,
+  variables: Mapping[str, Any],
+  batches: Iterable[Mapping[str, jax.Array]],
+  *,
+  keep_images: int = 0,
+  extra_keys: Iterable[str] = (),
+) -> dict[str, np.ndarray]:
   """Runs the towers over every batch; returns valid rows only, ordered by example index.
 
   `keep_images` keeps the first that many input images (for pictures); `extra_keys` are batch
@@ -35,8 +49,13 @@ def encode_split(model, variables: Mapping[str, Any], batches: Iterable[Mapping[
   kept_images = 0
   for batch in batches:
     out = encode(variables, batch["image"], batch["tokens"])
-    out = {**out, "tokens": batch["tokens"], "index": batch["index"], "valid": batch["valid"],
-           **{k: batch[k] for k in extra_keys if k in batch}}
+    out = {
+      **out,
+      "tokens": batch["tokens"],
+      "index": batch["index"],
+      "valid": batch["valid"],
+      **{k: batch[k] for k in extra_keys if k in batch},
+    }
     if kept_images < keep_images:
       out["image"] = batch["image"]
     host = {k: _to_host(v) for k, v in out.items()}
@@ -57,7 +76,7 @@ def encode_split(model, variables: Mapping[str, Any], batches: Iterable[Mapping[
     img_index = arrays["index"][:n_img][img_valid]
     img_order = np.argsort(img_index, kind="stable")[:keep_images]
     result["image"] = images[img_valid][img_order]
-    result["image_index"] = img_index[img_order]   # example index of each kept image
+    result["image_index"] = img_index[img_order]  # example index of each kept image
   return result
 
 

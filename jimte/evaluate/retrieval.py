@@ -6,6 +6,7 @@ Scores (rows images, columns texts, as everywhere in jimte):
   combined = gamma3 * (cos + Z), the sum of the two CE logits used in training
 The ground-truth text of image i is text i. Ties count against the model (a constant scorer gets 0).
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping
@@ -18,7 +19,8 @@ from jimte import losses
 
 
 def ranks_of_diagonal(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """0-based rank of the true match for every image (row) and every text (column), ties pessimistic."""
+  """0-based rank of the true match for every image (row) and every text (column), ties
+  pessimistic."""
   scores = np.asarray(scores, np.float64)
   diag = np.diag(scores)
   i2t = (scores >= diag[:, None]).sum(axis=1) - 1
@@ -50,23 +52,40 @@ def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return a @ b.T
 
 
-def local_score_matrix(regions: np.ndarray, words: np.ndarray, word_mask: np.ndarray, *,
-                       gamma1: float, gamma2: float, image_chunk: int = 64,
-                       text_block: int | None = None) -> np.ndarray:
+def local_score_matrix(
+  regions: np.ndarray,
+  words: np.ndarray,
+  word_mask: np.ndarray,
+  *,
+  gamma1: float,
+  gamma2: float,
+  image_chunk: int = 64,
+  text_block: int | None = None,
+) -> np.ndarray:
   """Z for every (image, text) pair, computed in chunks of images so memory stays bounded."""
   regions = np.asarray(regions)
   if regions.ndim == 4:
     regions = regions.reshape(regions.shape[0], -1, regions.shape[-1])
   words_j = jnp.asarray(words)
   mask_j = jnp.asarray(word_mask, bool)
-  score = jax.jit(lambda r, w, m: losses.region_word_scores(r, w, m, gamma1, gamma2, text_block=text_block))
-  rows = [np.asarray(score(jnp.asarray(regions[s:s + image_chunk]), words_j, mask_j))
-          for s in range(0, regions.shape[0], image_chunk)]
+  score = jax.jit(
+    lambda r, w, m: losses.region_word_scores(r, w, m, gamma1, gamma2, text_block=text_block)
+  )
+  rows = [
+    np.asarray(score(jnp.asarray(regions[s : s + image_chunk]), words_j, mask_j))
+    for s in range(0, regions.shape[0], image_chunk)
+  ]
   return np.concatenate(rows, axis=0)
 
 
-def score_matrices(encoded: Mapping[str, np.ndarray], *, names: Iterable[str], gamma1: float,
-                   gamma2: float, gamma3: float) -> dict[str, np.ndarray]:
+def score_matrices(
+  encoded: Mapping[str, np.ndarray],
+  *,
+  names: Iterable[str],
+  gamma1: float,
+  gamma2: float,
+  gamma3: float,
+) -> dict[str, np.ndarray]:
   """The requested score matrices from encoded embeddings (see the module docstring)."""
   names = tuple(names)
   out = {}
@@ -74,8 +93,9 @@ def score_matrices(encoded: Mapping[str, np.ndarray], *, names: Iterable[str], g
   if "global" in names:
     out["global"] = glob
   if "local" in names or "combined" in names:
-    local = local_score_matrix(encoded["regions"], encoded["words"], encoded["word_mask"],
-                               gamma1=gamma1, gamma2=gamma2)
+    local = local_score_matrix(
+      encoded["regions"], encoded["words"], encoded["word_mask"], gamma1=gamma1, gamma2=gamma2
+    )
     if "local" in names:
       out["local"] = local
     if "combined" in names:
@@ -86,12 +106,20 @@ def score_matrices(encoded: Mapping[str, np.ndarray], *, names: Iterable[str], g
   return out
 
 
-def evaluate(encoded: Mapping[str, np.ndarray], *, ks=(1, 5, 10), scores=("global", "local", "combined"),
-             gamma1: float = 4.0, gamma2: float = 5.0, gamma3: float = 10.0) -> dict[str, float]:
+def evaluate(
+  encoded: Mapping[str, np.ndarray],
+  *,
+  ks=(1, 5, 10),
+  scores=("global", "local", "combined"),
+  gamma1: float = 4.0,
+  gamma2: float = 5.0,
+  gamma3: float = 10.0,
+) -> dict[str, float]:
   """Recall@K for each score kind, flattened as '<score>/<metric>'."""
   results = {}
-  for name, matrix in score_matrices(encoded, names=scores, gamma1=gamma1, gamma2=gamma2,
-                                     gamma3=gamma3).items():
+  for name, matrix in score_matrices(
+    encoded, names=scores, gamma1=gamma1, gamma2=gamma2, gamma3=gamma3
+  ).items():
     for metric, value in recall_at_k(matrix, ks).items():
       if metric.startswith("chance"):
         results[metric] = value

@@ -36,194 +36,242 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 @flax.struct.dataclass
 class ImageOutput:
-    """What the image tower returns (a pytree, so it passes through jit).
+  """What the image tower returns (a pytree, so it passes through jit).
 
-    Attributes:
-        global_emb: [B, D] float32 global image embedding.
-        regions: [B, H, W, D] float32 region features on the region stage's grid.
-        attention_maps: name ("stage<i>") -> [B, h, w] float32 soft-attention map in [0, 1].
-    """
+  Attributes:
+      global_emb: [B, D] float32 global image embedding.
+      regions: [B, H, W, D] float32 region features on the region stage's grid.
+      attention_maps: name ("stage<i>") -> [B, h, w] float32 soft-attention map in [0, 1].
+  """
 
-    global_emb: jax.Array
-    regions: jax.Array
-    attention_maps: dict[str, jax.Array]
+  global_emb: jax.Array
+  regions: jax.Array
+  attention_maps: dict[str, jax.Array]
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
-    """Average-pools a [B, H, W, C] grid to [B, output_size, output_size, C] for any H, W >= 1.
+  """Average-pools a [B, H, W, C] grid to [B, output_size, output_size, C] for any H, W >= 1.
 
-    Bin i along an axis of length n covers [floor(i n / out), ceil((i + 1) n / out)): the bins of
-    PyTorch's adaptive average pooling, an exact tiling when n is a multiple of ``output_size`` and
-    overlapping bins otherwise.
-    """
+  Bin i along an axis of length n covers [floor(i n / out), ceil((i + 1) n / out)): the bins of
+  PyTorch's adaptive average pooling, an exact tiling when n is a multiple of ``output_size`` and
+  overlapping bins otherwise.
+  """
 
-    def pool_axis(values: jax.Array, axis: int) -> jax.Array:
-        length = values.shape[axis]
-        bins = []
-        for i in range(output_size):
-            start = (i * length) // output_size
-            stop = -((-(i + 1) * length) // output_size)  # ceil((i + 1) * length / output_size)
-            window = jax.lax.slice_in_dim(values, start, stop, axis=axis)
-            bins.append(jnp.mean(window, axis=axis, keepdims=True))
-        return jnp.concatenate(bins, axis=axis)
+  def pool_axis(values: jax.Array, axis: int) -> jax.Array:
+    length = values.shape[axis]
+    bins = []
+    for i in range(output_size):
+      start = (i * length) // output_size
+      stop = -((-(i + 1) * length) // output_size)  # ceil((i + 1) * length / output_size)
+      window = jax.lax.slice_in_dim(values, start, stop, axis=axis)
+      bins.append(jnp.mean(window, axis=axis, keepdims=True))
+    return jnp.concatenate(bins, axis=axis)
 
-    return pool_axis(pool_axis(x, 1), 2)
+  return pool_axis(pool_axis(x, 1), 2)
 
 
 class BasicBlock(nn.Module):
-    """ResNet BasicBlock: two 3x3 convs with BatchNorm, identity or 1x1-projection shortcut."""
+  """ResNet BasicBlock: two 3x3 convs with BatchNorm, identity or 1x1-projection shortcut."""
 
-    features: int
-    stride: int = 1
-    bn_momentum: float = 0.9
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  features: int
+  stride: int = 1
+  bn_momentum: float = 0.9
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    def _conv(self, kernel: int, stride: int, name: str) -> nn.Conv:
-        """A bias-free conv with PyTorch-style symmetric padding (kernel // 2 on each side)."""
-        return nn.Conv(self.features, (kernel, kernel), strides=(stride, stride),
-                       padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
-                       kernel_init=conv_kernel_init, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name=name)
+  def _conv(self, kernel: int, stride: int, name: str) -> nn.Conv:
+    """A bias-free conv with PyTorch-style symmetric padding (kernel // 2 on each side)."""
+    return nn.Conv(
+      self.features,
+      (kernel, kernel),
+      strides=(stride, stride),
+      padding=[(kernel // 2, kernel // 2)] * 2,
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
 
-    def _norm(self, train: bool, name: str) -> nn.BatchNorm:
-        return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+  def _norm(self, train: bool, name: str) -> nn.BatchNorm:
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        shortcut = x
-        if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = self._conv(1, self.stride, "shortcut_conv")(x)
-            shortcut = self._norm(train, "shortcut_bn")(shortcut)
-        y = self._conv(3, self.stride, "conv1")(x)
-        y = nn.relu(self._norm(train, "bn1")(y))
-        y = self._conv(3, 1, "conv2")(y)
-        y = self._norm(train, "bn2")(y)
-        return nn.relu(y + shortcut)
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.features:
+      shortcut = self._conv(1, self.stride, "shortcut_conv")(x)
+      shortcut = self._norm(train, "shortcut_bn")(shortcut)
+    y = self._conv(3, self.stride, "conv1")(x)
+    y = nn.relu(self._norm(train, "bn1")(y))
+    y = self._conv(3, 1, "conv2")(y)
+    y = self._norm(train, "bn2")(y)
+    return nn.relu(y + shortcut)
 
 
 class SoftAttention(nn.Module):
-    """Soft spatial attention, residual-attention style: returns ``(x * (1 + m), m)``.
+  """Soft spatial attention, residual-attention style: returns ``(x * (1 + m), m)``.
 
-    The mask branch max-pools by 2 (a wider receptive field than the trunk's), applies a 3x3 conv
-    with BatchNorm and ReLU, then a 1x1 conv to one channel; the logits are resized bilinearly back
-    to the trunk's grid and squashed by a sigmoid, so m lies in [0, 1] and ``1 + m`` can emphasise
-    trunk features but never erase them.
-    """
+  The mask branch max-pools by 2 (a wider receptive field than the trunk's), applies a 3x3 conv
+  with BatchNorm and ReLU, then a 1x1 conv to one channel; the logits are resized bilinearly back
+  to the trunk's grid and squashed by a sigmoid, so m lies in [0, 1] and ``1 + m`` can emphasise
+  trunk features but never erase them.
+  """
 
-    hidden_features: int
-    bn_momentum: float = 0.9
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  hidden_features: int
+  bn_momentum: float = 0.9
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        batch, height, width, _ = x.shape
-        mask = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        mask = nn.Conv(self.hidden_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                       kernel_init=conv_kernel_init, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name="conv")(mask)
-        mask = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                            dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(mask)
-        mask = nn.relu(mask)
-        logits = nn.Conv(1, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                         name="logits")(mask)
-        logits = jax.image.resize(logits.astype(jnp.float32), (batch, height, width, 1),
-                                  "bilinear")
-        attention_map = nn.sigmoid(logits)[..., 0]  # [B, H, W], float32
-        out = x * (1.0 + attention_map[..., None]).astype(x.dtype)
-        return out, attention_map
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    batch, height, width, _ = x.shape
+    mask = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    mask = nn.Conv(
+      self.hidden_features,
+      (3, 3),
+      padding=((1, 1), (1, 1)),
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="conv",
+    )(mask)
+    mask = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="bn",
+    )(mask)
+    mask = nn.relu(mask)
+    logits = nn.Conv(1, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype, name="logits")(mask)
+    logits = jax.image.resize(logits.astype(jnp.float32), (batch, height, width, 1), "bilinear")
+    attention_map = nn.sigmoid(logits)[..., 0]  # [B, H, W], float32
+    out = x * (1.0 + attention_map[..., None]).astype(x.dtype)
+    return out, attention_map
 
 
 class JoImTeRNetResNet(nn.Module):
-    """The JoImTeRNet ResNet: region features on an intermediate grid plus a global embedding.
+  """The JoImTeRNet ResNet: region features on an intermediate grid plus a global embedding.
 
-    Attributes:
-        embed_dim: dimension D of the region features and of the global embedding.
-        widths: channels of each stage (paper: 16, 32, 64, 128, 256, 512).
-        stem_width: channels of the 7x7 stride-4 stem (None: ``widths[0]``).
-        blocks_per_stage: BasicBlocks per stage (paper: 2).
-        first_stage_stride: stride of the first stage's first block (paper: 2); the first block of
-            every later stage always has stride 2.
-        attention_stages: stage indices followed by soft attention; negative indices count from
-            the end (paper: -3 and -2, the 128 and 256 stages).
-        region_stage: stage index whose (attended) output gives the region grid (paper: -2).
-        global_pool_size: side of the adaptive pooling before the global Dense (paper: 2).
-        attention_hidden: channels of the attention mask branch (None: stage width // 4, >= 8).
-        bn_momentum: BatchNorm running-average momentum (0.9 equals PyTorch's momentum=0.1).
-        dtype: compute dtype (e.g. bfloat16); parameters stay in ``param_dtype``.
-        param_dtype: parameter dtype (float32).
-        remat: recompute each BasicBlock in the backward pass instead of storing activations.
-    """
+  Attributes:
+      embed_dim: dimension D of the region features and of the global embedding.
+      widths: channels of each stage (paper: 16, 32, 64, 128, 256, 512).
+      stem_width: channels of the 7x7 stride-4 stem (None: ``widths[0]``).
+      blocks_per_stage: BasicBlocks per stage (paper: 2).
+      first_stage_stride: stride of the first stage's first block (paper: 2); the first block of
+          every later stage always has stride 2.
+      attention_stages: stage indices followed by soft attention; negative indices count from
+          the end (paper: -3 and -2, the 128 and 256 stages).
+      region_stage: stage index whose (attended) output gives the region grid (paper: -2).
+      global_pool_size: side of the adaptive pooling before the global Dense (paper: 2).
+      attention_hidden: channels of the attention mask branch (None: stage width // 4, >= 8).
+      bn_momentum: BatchNorm running-average momentum (0.9 equals PyTorch's momentum=0.1).
+      dtype: compute dtype (e.g. bfloat16); parameters stay in ``param_dtype``.
+      param_dtype: parameter dtype (float32).
+      remat: recompute each BasicBlock in the backward pass instead of storing activations.
+  """
 
-    embed_dim: int
-    widths: Sequence[int] = (16, 32, 64, 128, 256, 512)
-    stem_width: int | None = None
-    blocks_per_stage: int = 2
-    first_stage_stride: int = 2
-    attention_stages: Sequence[int] = (-3, -2)
-    region_stage: int = -2
-    global_pool_size: int = 2
-    attention_hidden: int | None = None
-    bn_momentum: float = 0.9
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    remat: bool = False
+  embed_dim: int
+  widths: Sequence[int] = (16, 32, 64, 128, 256, 512)
+  stem_width: int | None = None
+  blocks_per_stage: int = 2
+  first_stage_stride: int = 2
+  attention_stages: Sequence[int] = (-3, -2)
+  region_stage: int = -2
+  global_pool_size: int = 2
+  attention_hidden: int | None = None
+  bn_momentum: float = 0.9
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  remat: bool = False
 
-    def _stage_index(self, index: int) -> int:
-        """Maps a possibly negative stage index to 0..len(widths)-1, or raises."""
-        num_stages = len(self.widths)
-        if not -num_stages <= index < num_stages:
-            raise ValueError(f"stage index {index} out of range for {num_stages} stages")
-        return index % num_stages
+  def _stage_index(self, index: int) -> int:
+    """Maps a possibly negative stage index to 0..len(widths)-1, or raises."""
+    num_stages = len(self.widths)
+    if not -num_stages <= index < num_stages:
+      raise ValueError(f"stage index {index} out of range for {num_stages} stages")
+    return index % num_stages
 
-    @nn.compact
-    def __call__(self, images: jax.Array, train: bool) -> ImageOutput:
-        """Encodes images [B, S, S, 1] (float, in [-1, 1]) into an ``ImageOutput``."""
-        if images.ndim != 4 or images.shape[-1] != 1:
-            raise ValueError(f"expected images [B, S, S, 1], got {images.shape}")
-        if self.first_stage_stride not in (1, 2):
-            raise ValueError(f"first_stage_stride must be 1 or 2, got {self.first_stage_stride}")
-        if self.blocks_per_stage < 1:
-            raise ValueError(f"blocks_per_stage must be >= 1, got {self.blocks_per_stage}")
-        attention_stages = {self._stage_index(i) for i in self.attention_stages}
-        region_stage = self._stage_index(self.region_stage)
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool) -> ImageOutput:
+    """Encodes images [B, S, S, 1] (float, in [-1, 1]) into an ``ImageOutput``."""
+    if images.ndim != 4 or images.shape[-1] != 1:
+      raise ValueError(f"expected images [B, S, S, 1], got {images.shape}")
+    if self.first_stage_stride not in (1, 2):
+      raise ValueError(f"first_stage_stride must be 1 or 2, got {self.first_stage_stride}")
+    if self.blocks_per_stage < 1:
+      raise ValueError(f"blocks_per_stage must be >= 1, got {self.blocks_per_stage}")
+    attention_stages = {self._stage_index(i) for i in self.attention_stages}
+    region_stage = self._stage_index(self.region_stage)
 
-        x = images.astype(self.dtype)
-        x = nn.Conv(self.stem_width or self.widths[0], (7, 7), strides=(4, 4),
-                    padding=((3, 3), (3, 3)), use_bias=False, kernel_init=conv_kernel_init,
-                    dtype=self.dtype, param_dtype=self.param_dtype, name="stem_conv")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         dtype=self.dtype, param_dtype=self.param_dtype, name="stem_bn")(x)
-        x = nn.relu(x)
+    x = images.astype(self.dtype)
+    x = nn.Conv(
+      self.stem_width or self.widths[0],
+      (7, 7),
+      strides=(4, 4),
+      padding=((3, 3), (3, 3)),
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="stem_conv",
+    )(x)
+    x = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="stem_bn",
+    )(x)
+    x = nn.relu(x)
 
-        # For lifted modules static_argnums counts `self` as argument 0, so `train` is argument 2.
-        block_cls = nn.remat(BasicBlock, static_argnums=(2,)) if self.remat else BasicBlock
-        attention_maps = {}
-        regions = None
-        for stage, width in enumerate(self.widths):
-            for block in range(self.blocks_per_stage):
-                stride = 1
-                if block == 0:
-                    stride = self.first_stage_stride if stage == 0 else 2
-                x = block_cls(width, stride=stride, bn_momentum=self.bn_momentum,
-                              dtype=self.dtype, param_dtype=self.param_dtype,
-                              name=f"stage{stage}_block{block}")(x, train)
-            if stage in attention_stages:
-                hidden = self.attention_hidden or max(width // 4, 8)
-                x, attention_map = SoftAttention(
-                    hidden, bn_momentum=self.bn_momentum, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name=f"stage{stage}_attention")(x, train)
-                attention_maps[f"stage{stage}"] = attention_map
-            if stage == region_stage:
-                regions = nn.Conv(self.embed_dim, (1, 1), dtype=self.dtype,
-                                  param_dtype=self.param_dtype, name="region_head")(x)
+    # For lifted modules static_argnums counts `self` as argument 0, so `train` is argument 2.
+    block_cls = nn.remat(BasicBlock, static_argnums=(2,)) if self.remat else BasicBlock
+    attention_maps = {}
+    regions = None
+    for stage, width in enumerate(self.widths):
+      for block in range(self.blocks_per_stage):
+        stride = 1
+        if block == 0:
+          stride = self.first_stage_stride if stage == 0 else 2
+        x = block_cls(
+          width,
+          stride=stride,
+          bn_momentum=self.bn_momentum,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"stage{stage}_block{block}",
+        )(x, train)
+      if stage in attention_stages:
+        hidden = self.attention_hidden or max(width // 4, 8)
+        x, attention_map = SoftAttention(
+          hidden,
+          bn_momentum=self.bn_momentum,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"stage{stage}_attention",
+        )(x, train)
+        attention_maps[f"stage{stage}"] = attention_map
+      if stage == region_stage:
+        regions = nn.Conv(
+          self.embed_dim, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype, name="region_head"
+        )(x)
 
-        pooled = adaptive_avg_pool(x, self.global_pool_size)
-        pooled = pooled.reshape(pooled.shape[0], -1)
-        global_emb = nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                              name="global_head")(pooled)
-        return ImageOutput(global_emb=global_emb.astype(jnp.float32),
-                           regions=regions.astype(jnp.float32),
-                           attention_maps=attention_maps)
+    pooled = adaptive_avg_pool(x, self.global_pool_size)
+    pooled = pooled.reshape(pooled.shape[0], -1)
+    global_emb = nn.Dense(
+      self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="global_head"
+    )(pooled)
+    return ImageOutput(
+      global_emb=global_emb.astype(jnp.float32),
+      regions=regions.astype(jnp.float32),
+      attention_maps=attention_maps,
+    )

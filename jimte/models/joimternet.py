@@ -47,100 +47,104 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 @flax.struct.dataclass
 class JointOutput:
-    """Both towers' outputs for a batch of (image, report) pairs; see docs/contracts.md.
+  """Both towers' outputs for a batch of (image, report) pairs; see docs/contracts.md.
 
-    Attributes:
-        image_global: [B, D] float32 global image embeddings.
-        regions: [B, H, W, D] float32 region features.
-        sentence: [B, D] float32 sentence embeddings.
-        words: [B, L-1, D] float32 word features (positions 1..L-1).
-        word_mask: [B, L-1] bool, True for non-PAD words.
-        attention_maps: name -> [B, h, w] float32 soft-attention maps of the image tower.
-    """
+  Attributes:
+      image_global: [B, D] float32 global image embeddings.
+      regions: [B, H, W, D] float32 region features.
+      sentence: [B, D] float32 sentence embeddings.
+      words: [B, L-1, D] float32 word features (positions 1..L-1).
+      word_mask: [B, L-1] bool, True for non-PAD words.
+      attention_maps: name -> [B, h, w] float32 soft-attention maps of the image tower.
+  """
 
-    image_global: jax.Array
-    regions: jax.Array
-    sentence: jax.Array
-    words: jax.Array
-    word_mask: jax.Array
-    attention_maps: dict[str, jax.Array]
+  image_global: jax.Array
+  regions: jax.Array
+  sentence: jax.Array
+  words: jax.Array
+  word_mask: jax.Array
+  attention_maps: dict[str, jax.Array]
 
 
 class JoImTeRNet(nn.Module):
-    """Image tower + text tower. Any towers with the ``ImageOutput`` / ``TextOutput`` contracts fit.
+  """Image tower + text tower. Any towers with the ``ImageOutput`` / ``TextOutput`` contracts fit.
 
-    Attributes:
-        image: image tower, called as ``image(images, train) -> ImageOutput``.
-        text: text tower, called as ``text(tokens, train) -> TextOutput`` and with a method
-            ``mlm_logits(tokens, train) -> [B, L, V]``.
-    """
+  Attributes:
+      image: image tower, called as ``image(images, train) -> ImageOutput``.
+      text: text tower, called as ``text(tokens, train) -> TextOutput`` and with a method
+          ``mlm_logits(tokens, train) -> [B, L, V]``.
+  """
 
-    image: nn.Module
-    text: nn.Module
+  image: nn.Module
+  text: nn.Module
 
-    def encode_image(self, images: jax.Array, train: bool) -> ImageOutput:
-        """Images float32 [B, S, S, 1] in [-1, 1] -> global embedding, regions, attention maps."""
-        return self.image(images, train)
+  def encode_image(self, images: jax.Array, train: bool) -> ImageOutput:
+    """Images float32 [B, S, S, 1] in [-1, 1] -> global embedding, regions, attention maps."""
+    return self.image(images, train)
 
-    def encode_text(self, tokens: jax.Array, train: bool) -> TextOutput:
-        """Tokens int32 [B, L] -> sentence, words, word mask, hidden states."""
-        return self.text(tokens, train)
+  def encode_text(self, tokens: jax.Array, train: bool) -> TextOutput:
+    """Tokens int32 [B, L] -> sentence, words, word mask, hidden states."""
+    return self.text(tokens, train)
 
-    def mlm_logits(self, tokens: jax.Array, train: bool) -> jax.Array:
-        """Masked tokens int32 [B, L] -> float32 MLM logits [B, L, V] (text tower only)."""
-        return self.text.mlm_logits(tokens, train)
+  def mlm_logits(self, tokens: jax.Array, train: bool) -> jax.Array:
+    """Masked tokens int32 [B, L] -> float32 MLM logits [B, L, V] (text tower only)."""
+    return self.text.mlm_logits(tokens, train)
 
-    def __call__(self, images: jax.Array, tokens: jax.Array, train: bool) -> JointOutput:
-        """Encodes a batch of pairs with both towers."""
-        image_out = self.encode_image(images, train)
-        text_out = self.encode_text(tokens, train)
-        return JointOutput(image_global=image_out.global_emb,
-                           regions=image_out.regions,
-                           sentence=text_out.sentence,
-                           words=text_out.words,
-                           word_mask=text_out.word_mask,
-                           attention_maps=image_out.attention_maps)
+  def __call__(self, images: jax.Array, tokens: jax.Array, train: bool) -> JointOutput:
+    """Encodes a batch of pairs with both towers."""
+    image_out = self.encode_image(images, train)
+    text_out = self.encode_text(tokens, train)
+    return JointOutput(
+      image_global=image_out.global_emb,
+      regions=image_out.regions,
+      sentence=text_out.sentence,
+      words=text_out.words,
+      word_mask=text_out.word_mask,
+      attention_maps=image_out.attention_maps,
+    )
 
 
 # ----------------------------------------------------------------------------- building from config
 
 
-def _build_joimternet_resnet(config: ml_collections.ConfigDict, embed_dim: int, dtype: Any,
-                             remat: bool) -> nn.Module:
-    """The paper's ResNet image tower from ``model_config.image``."""
-    return JoImTeRNetResNet(
-        embed_dim=embed_dim,
-        widths=tuple(config.widths),
-        stem_width=config.get("stem_width"),
-        blocks_per_stage=config.get("blocks_per_stage", 2),
-        first_stage_stride=config.first_stage_stride,
-        attention_stages=tuple(config.attention_stages),
-        region_stage=config.region_stage,
-        global_pool_size=config.get("global_pool_size", 2),
-        attention_hidden=config.get("attention_hidden"),
-        bn_momentum=config.get("bn_momentum", 0.9),
-        dtype=dtype,
-        remat=remat,
-    )
+def _build_joimternet_resnet(
+  config: ml_collections.ConfigDict, embed_dim: int, dtype: Any, remat: bool
+) -> nn.Module:
+  """The paper's ResNet image tower from ``model_config.image``."""
+  return JoImTeRNetResNet(
+    embed_dim=embed_dim,
+    widths=tuple(config.widths),
+    stem_width=config.get("stem_width"),
+    blocks_per_stage=config.get("blocks_per_stage", 2),
+    first_stage_stride=config.first_stage_stride,
+    attention_stages=tuple(config.attention_stages),
+    region_stage=config.region_stage,
+    global_pool_size=config.get("global_pool_size", 2),
+    attention_hidden=config.get("attention_hidden"),
+    bn_momentum=config.get("bn_momentum", 0.9),
+    dtype=dtype,
+    remat=remat,
+  )
 
 
-def _build_bert(config: ml_collections.ConfigDict, embed_dim: int, dtype: Any,
-                remat: bool) -> nn.Module:
-    """The BERT-style text tower from ``model_config.text``."""
-    return BertTextEncoder(
-        embed_dim=embed_dim,
-        vocab_size=config.vocab_size,
-        max_len=config.max_len,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        width=config.width,
-        mlp_dim=config.mlp_dim,
-        dropout=config.dropout,
-        attention_dropout=config.get("attention_dropout", config.dropout),
-        sentence_pooling=config.get("sentence_pooling", "first"),
-        dtype=dtype,
-        remat=remat,
-    )
+def _build_bert(
+  config: ml_collections.ConfigDict, embed_dim: int, dtype: Any, remat: bool
+) -> nn.Module:
+  """The BERT-style text tower from ``model_config.text``."""
+  return BertTextEncoder(
+    embed_dim=embed_dim,
+    vocab_size=config.vocab_size,
+    max_len=config.max_len,
+    num_layers=config.num_layers,
+    num_heads=config.num_heads,
+    width=config.width,
+    mlp_dim=config.mlp_dim,
+    dropout=config.dropout,
+    attention_dropout=config.get("attention_dropout", config.dropout),
+    sentence_pooling=config.get("sentence_pooling", "first"),
+    dtype=dtype,
+    remat=remat,
+  )
 
 
 TowerBuilder = Callable[[ml_collections.ConfigDict, int, Any, bool], nn.Module]
@@ -149,95 +153,99 @@ TEXT_TOWERS: dict[str, TowerBuilder] = {"bert": _build_bert}
 
 
 def _lookup(registry: dict[str, TowerBuilder], name: str, kind: str) -> TowerBuilder:
-    if name not in registry:
-        raise ValueError(f"unknown {kind} tower {name!r}; known: {sorted(registry)}")
-    return registry[name]
+  if name not in registry:
+    raise ValueError(f"unknown {kind} tower {name!r}; known: {sorted(registry)}")
+  return registry[name]
 
 
 def build_model(model_config: ml_collections.ConfigDict) -> JoImTeRNet:
-    """Builds the joint model described by ``model_config`` (fields in this module's docstring)."""
-    if model_config.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {model_config.dtype!r}")
-    dtype = DTYPES[model_config.dtype]
-    remat = bool(model_config.get("remat", False))
-    image_builder = _lookup(IMAGE_TOWERS, model_config.image.get("name", "joimternet_resnet"),
-                            "image")
-    text_builder = _lookup(TEXT_TOWERS, model_config.text.get("name", "bert"), "text")
-    return JoImTeRNet(
-        image=image_builder(model_config.image, model_config.embed_dim, dtype, remat),
-        text=text_builder(model_config.text, model_config.embed_dim, dtype, remat),
-    )
+  """Builds the joint model described by ``model_config`` (fields in this module's docstring)."""
+  if model_config.dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {model_config.dtype!r}")
+  dtype = DTYPES[model_config.dtype]
+  remat = bool(model_config.get("remat", False))
+  image_builder = _lookup(
+    IMAGE_TOWERS, model_config.image.get("name", "joimternet_resnet"), "image"
+  )
+  text_builder = _lookup(TEXT_TOWERS, model_config.text.get("name", "bert"), "text")
+  return JoImTeRNet(
+    image=image_builder(model_config.image, model_config.embed_dim, dtype, remat),
+    text=text_builder(model_config.text, model_config.embed_dim, dtype, remat),
+  )
 
 
-def init_variables(model: JoImTeRNet, rng: jax.Array, image_size: int, text_length: int,
-                   batch_size: int = 1) -> dict[str, Any]:
-    """Initialises all of the model's variables (``params`` and ``batch_stats``) from dummy inputs.
+def init_variables(
+  model: JoImTeRNet, rng: jax.Array, image_size: int, text_length: int, batch_size: int = 1
+) -> dict[str, Any]:
+  """Initialises all of the model's variables (``params`` and ``batch_stats``) from dummy inputs.
 
-    Every parameter, MLM head included, is created; shapes do not depend on ``batch_size``, and on
-    ``image_size`` / ``text_length`` only through validity (``text_length <= max_len``).
-    """
-    images = jnp.zeros((batch_size, image_size, image_size, 1), jnp.float32)
-    tokens = jnp.zeros((batch_size, text_length), jnp.int32)
-    return dict(model.init({"params": rng}, images, tokens, train=False))
+  Every parameter, MLM head included, is created; shapes do not depend on ``batch_size``, and on
+  ``image_size`` / ``text_length`` only through validity (``text_length <= max_len``).
+  """
+  images = jnp.zeros((batch_size, image_size, image_size, 1), jnp.float32)
+  tokens = jnp.zeros((batch_size, text_length), jnp.int32)
+  return dict(model.init({"params": rng}, images, tokens, train=False))
 
 
 def count_params(params: Any) -> int:
-    """Total number of scalars in a parameter pytree."""
-    return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
+  """Total number of scalars in a parameter pytree."""
+  return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
 
 
 # ----------------------------------------------------------------------------------- configs
 
 
 def paper_model_config() -> ml_collections.ConfigDict:
-    """The JoImTeRNet paper's sizes: 2048 px input -> 16x16 regions of dim 512; 3-layer BERT.
+  """The JoImTeRNet paper's sizes: 2048 px input -> 16x16 regions of dim 512; 3-layer BERT.
 
-    ``text.vocab_size`` must be set to the tokenizer's vocabulary size.
-    """
-    return ml_collections.ConfigDict(dict(
-        embed_dim=512,
-        dtype="float32",
-        remat=False,
-        image=dict(
-            name="joimternet_resnet",
-            widths=(16, 32, 64, 128, 256, 512),
-            stem_width=16,
-            blocks_per_stage=2,
-            first_stage_stride=2,
-            attention_stages=(-3, -2),
-            region_stage=-2,
-            global_pool_size=2,
-            bn_momentum=0.9,
-        ),
-        text=dict(
-            name="bert",
-            vocab_size=8000,
-            max_len=160,
-            num_layers=3,
-            num_heads=8,
-            width=512,
-            mlp_dim=2048,
-            dropout=0.1,
-            attention_dropout=0.1,
-            sentence_pooling="first",
-        ),
-    ))
+  ``text.vocab_size`` must be set to the tokenizer's vocabulary size.
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      embed_dim=512,
+      dtype="float32",
+      remat=False,
+      image=dict(
+        name="joimternet_resnet",
+        widths=(16, 32, 64, 128, 256, 512),
+        stem_width=16,
+        blocks_per_stage=2,
+        first_stage_stride=2,
+        attention_stages=(-3, -2),
+        region_stage=-2,
+        global_pool_size=2,
+        bn_momentum=0.9,
+      ),
+      text=dict(
+        name="bert",
+        vocab_size=8000,
+        max_len=160,
+        num_layers=3,
+        num_heads=8,
+        width=512,
+        mlp_dim=2048,
+        dropout=0.1,
+        attention_dropout=0.1,
+        sentence_pooling="first",
+      ),
+    )
+  )
 
 
 def small_model_config() -> ml_collections.ConfigDict:
-    """A CPU-sized model: 128 px input -> 8x8 regions of dim 128; 2-layer, width-128 text encoder.
+  """A CPU-sized model: 128 px input -> 8x8 regions of dim 128; 2-layer, width-128 text encoder.
 
-    ``text.vocab_size`` must be set to the tokenizer's vocabulary size.
-    """
-    config = paper_model_config()
-    config.embed_dim = 128
-    config.image.widths = (16, 32, 64, 128)
-    config.image.stem_width = 16
-    config.image.first_stage_stride = 1
-    config.text.vocab_size = 1000
-    config.text.max_len = 64
-    config.text.num_layers = 2
-    config.text.num_heads = 4
-    config.text.width = 128
-    config.text.mlp_dim = 512
-    return config
+  ``text.vocab_size`` must be set to the tokenizer's vocabulary size.
+  """
+  config = paper_model_config()
+  config.embed_dim = 128
+  config.image.widths = (16, 32, 64, 128)
+  config.image.stem_width = 16
+  config.image.first_stage_stride = 1
+  config.text.vocab_size = 1000
+  config.text.max_len = 64
+  config.text.num_layers = 2
+  config.text.num_heads = 4
+  config.text.width = 128
+  config.text.mlp_dim = 512
+  return config

@@ -31,171 +31,200 @@ bert_init = nn.initializers.truncated_normal(0.02)
 
 @flax.struct.dataclass
 class TextOutput:
-    """What the text tower returns (a pytree, so it passes through jit).
+  """What the text tower returns (a pytree, so it passes through jit).
 
-    Attributes:
-        sentence: [B, D] float32 sentence embedding.
-        words: [B, L-1, D] float32 word features of positions 1..L-1 (first token dropped).
-        word_mask: [B, L-1] bool, True where the token at positions 1..L-1 is not PAD.
-        hidden: [B, L, W] final encoder states, in the compute dtype.
-    """
+  Attributes:
+      sentence: [B, D] float32 sentence embedding.
+      words: [B, L-1, D] float32 word features of positions 1..L-1 (first token dropped).
+      word_mask: [B, L-1] bool, True where the token at positions 1..L-1 is not PAD.
+      hidden: [B, L, W] final encoder states, in the compute dtype.
+  """
 
-    sentence: jax.Array
-    words: jax.Array
-    word_mask: jax.Array
-    hidden: jax.Array
+  sentence: jax.Array
+  words: jax.Array
+  word_mask: jax.Array
+  hidden: jax.Array
 
 
 def exact_gelu(x: jax.Array) -> jax.Array:
-    """GELU with the exact erf form, as in BERT."""
-    return nn.gelu(x, approximate=False)
+  """GELU with the exact erf form, as in BERT."""
+  return nn.gelu(x, approximate=False)
 
 
 class TransformerLayer(nn.Module):
-    """One post-LayerNorm Transformer encoder layer (BERT layout)."""
+  """One post-LayerNorm Transformer encoder layer (BERT layout)."""
 
-    num_heads: int
-    mlp_dim: int
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.1
+  attention_dropout: float = 0.1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array, attention_mask: jax.Array, train: bool) -> jax.Array:
-        """x: [B, L, W]; attention_mask: [B, 1, L, L] bool (True = may attend)."""
-        width = x.shape[-1]
-        attended = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, dropout_rate=self.attention_dropout,
-            deterministic=not train, kernel_init=bert_init, dtype=self.dtype,
-            param_dtype=self.param_dtype, force_fp32_for_softmax=True,
-            name="attention")(x, x, mask=attention_mask)
-        attended = nn.Dropout(self.dropout, deterministic=not train)(attended)
-        x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
-                         name="attention_norm")(x + attended)
-        y = nn.Dense(self.mlp_dim, kernel_init=bert_init, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="mlp_in")(x)
-        y = exact_gelu(y)
-        y = nn.Dense(width, kernel_init=bert_init, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="mlp_out")(y)
-        y = nn.Dropout(self.dropout, deterministic=not train)(y)
-        return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
-                            name="mlp_norm")(x + y)
+  @nn.compact
+  def __call__(self, x: jax.Array, attention_mask: jax.Array, train: bool) -> jax.Array:
+    """x: [B, L, W]; attention_mask: [B, 1, L, L] bool (True = may attend)."""
+    width = x.shape[-1]
+    attended = nn.MultiHeadDotProductAttention(
+      num_heads=self.num_heads,
+      dropout_rate=self.attention_dropout,
+      deterministic=not train,
+      kernel_init=bert_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      force_fp32_for_softmax=True,
+      name="attention",
+    )(x, x, mask=attention_mask)
+    attended = nn.Dropout(self.dropout, deterministic=not train)(attended)
+    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="attention_norm")(
+      x + attended
+    )
+    y = nn.Dense(
+      self.mlp_dim,
+      kernel_init=bert_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="mlp_in",
+    )(x)
+    y = exact_gelu(y)
+    y = nn.Dense(
+      width, kernel_init=bert_init, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_out"
+    )(y)
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_norm")(x + y)
 
 
 class BertTextEncoder(nn.Module):
-    """BERT-style text encoder with word, sentence and (tied) MLM heads.
+  """BERT-style text encoder with word, sentence and (tied) MLM heads.
 
-    Attributes:
-        embed_dim: dimension D of the word features and the sentence embedding.
-        vocab_size: number of token ids (must match the tokenizer).
-        max_len: longest token sequence L accepted (size of the position table; paper 160).
-        num_layers, num_heads, width, mlp_dim: Transformer shape (paper: 3, 8, 512, 2048).
-        dropout: dropout on embeddings, attention output and feed-forward output (paper 0.1).
-        attention_dropout: dropout on the attention probabilities.
-        sentence_pooling: "first": the sentence head reads the first token ([BOS], playing [CLS]);
-            "mean": it reads the masked mean of the final states over the alignment words, i.e.
-            positions 1..L-1 that are not PAD (the first token excluded, [EOS] included), so the
-            sentence vector pools exactly the positions the word features cover.
-        dtype: compute dtype (e.g. bfloat16); parameters stay in ``param_dtype``.
-        param_dtype: parameter dtype (float32).
-        remat: recompute each Transformer layer in the backward pass.
+  Attributes:
+      embed_dim: dimension D of the word features and the sentence embedding.
+      vocab_size: number of token ids (must match the tokenizer).
+      max_len: longest token sequence L accepted (size of the position table; paper 160).
+      num_layers, num_heads, width, mlp_dim: Transformer shape (paper: 3, 8, 512, 2048).
+      dropout: dropout on embeddings, attention output and feed-forward output (paper 0.1).
+      attention_dropout: dropout on the attention probabilities.
+      sentence_pooling: "first": the sentence head reads the first token ([BOS], playing [CLS]);
+          "mean": it reads the masked mean of the final states over the alignment words, i.e.
+          positions 1..L-1 that are not PAD (the first token excluded, [EOS] included), so the
+          sentence vector pools exactly the positions the word features cover.
+      dtype: compute dtype (e.g. bfloat16); parameters stay in ``param_dtype``.
+      param_dtype: parameter dtype (float32).
+      remat: recompute each Transformer layer in the backward pass.
 
-    ``__call__`` uses the ``'dropout'`` rng when ``train`` is True.
-    """
+  ``__call__`` uses the ``'dropout'`` rng when ``train`` is True.
+  """
 
-    embed_dim: int
-    vocab_size: int
-    max_len: int = 160
-    num_layers: int = 3
-    num_heads: int = 8
-    width: int = 512
-    mlp_dim: int = 2048
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    sentence_pooling: str = "first"
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    remat: bool = False
+  embed_dim: int
+  vocab_size: int
+  max_len: int = 160
+  num_layers: int = 3
+  num_heads: int = 8
+  width: int = 512
+  mlp_dim: int = 2048
+  dropout: float = 0.1
+  attention_dropout: float = 0.1
+  sentence_pooling: str = "first"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  remat: bool = False
 
-    def setup(self):
-        if self.sentence_pooling not in SENTENCE_POOLINGS:
-            raise ValueError(f"sentence_pooling must be one of {SENTENCE_POOLINGS}, "
-                             f"got {self.sentence_pooling!r}")
-        if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} not divisible by num_heads {self.num_heads}")
-        self.token_embedding = nn.Embed(self.vocab_size, self.width, embedding_init=bert_init,
-                                        dtype=self.dtype, param_dtype=self.param_dtype)
-        self.position_embedding = self.param("position_embedding", bert_init,
-                                             (self.max_len, self.width), self.param_dtype)
-        self.embedding_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.embedding_dropout = nn.Dropout(self.dropout)
-        # For lifted modules static_argnums counts `self` as argument 0: `train` is argument 3.
-        layer_cls = (nn.remat(TransformerLayer, static_argnums=(3,)) if self.remat
-                     else TransformerLayer)
-        self.layers = [
-            layer_cls(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
-                      attention_dropout=self.attention_dropout, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name=f"layer{i}")
-            for i in range(self.num_layers)
-        ]
-        self.word_head = nn.Dense(self.embed_dim, kernel_init=bert_init, dtype=self.dtype,
-                                  param_dtype=self.param_dtype)
-        self.sentence_head = nn.Dense(self.embed_dim, kernel_init=bert_init, dtype=self.dtype,
-                                      param_dtype=self.param_dtype)
-        self.mlm_transform = nn.Dense(self.width, kernel_init=bert_init, dtype=self.dtype,
-                                      param_dtype=self.param_dtype)
-        self.mlm_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.mlm_bias = self.param("mlm_bias", nn.initializers.zeros, (self.vocab_size,),
-                                   self.param_dtype)
+  def setup(self):
+    if self.sentence_pooling not in SENTENCE_POOLINGS:
+      raise ValueError(
+        f"sentence_pooling must be one of {SENTENCE_POOLINGS}, got {self.sentence_pooling!r}"
+      )
+    if self.width % self.num_heads:
+      raise ValueError(f"width {self.width} not divisible by num_heads {self.num_heads}")
+    self.token_embedding = nn.Embed(
+      self.vocab_size,
+      self.width,
+      embedding_init=bert_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
+    self.position_embedding = self.param(
+      "position_embedding", bert_init, (self.max_len, self.width), self.param_dtype
+    )
+    self.embedding_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.embedding_dropout = nn.Dropout(self.dropout)
+    # For lifted modules static_argnums counts `self` as argument 0: `train` is argument 3.
+    layer_cls = nn.remat(TransformerLayer, static_argnums=(3,)) if self.remat else TransformerLayer
+    self.layers = [
+      layer_cls(
+        num_heads=self.num_heads,
+        mlp_dim=self.mlp_dim,
+        dropout=self.dropout,
+        attention_dropout=self.attention_dropout,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f"layer{i}",
+      )
+      for i in range(self.num_layers)
+    ]
+    self.word_head = nn.Dense(
+      self.embed_dim, kernel_init=bert_init, dtype=self.dtype, param_dtype=self.param_dtype
+    )
+    self.sentence_head = nn.Dense(
+      self.embed_dim, kernel_init=bert_init, dtype=self.dtype, param_dtype=self.param_dtype
+    )
+    self.mlm_transform = nn.Dense(
+      self.width, kernel_init=bert_init, dtype=self.dtype, param_dtype=self.param_dtype
+    )
+    self.mlm_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.mlm_bias = self.param(
+      "mlm_bias", nn.initializers.zeros, (self.vocab_size,), self.param_dtype
+    )
 
-    def encode(self, tokens: jax.Array, train: bool) -> jax.Array:
-        """Runs the encoder on int tokens [B, L] and returns the final states [B, L, W]."""
-        if tokens.ndim != 2:
-            raise ValueError(f"expected tokens [B, L], got {tokens.shape}")
-        length = tokens.shape[1]
-        if length > self.max_len:
-            raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
-        valid = tokens != PAD_ID
-        # Keys are masked by padding; every query row keeps its valid keys, so padded queries never
-        # see an all-masked row, and valid positions are independent of the padding after them.
-        attention_mask = nn.make_attention_mask(jnp.ones_like(valid), valid)
-        x = self.token_embedding(tokens)
-        x = x + self.position_embedding[None, :length].astype(self.dtype)
-        x = self.embedding_norm(x)
-        x = self.embedding_dropout(x, deterministic=not train)
-        for layer in self.layers:
-            x = layer(x, attention_mask, train)
-        return x
+  def encode(self, tokens: jax.Array, train: bool) -> jax.Array:
+    """Runs the encoder on int tokens [B, L] and returns the final states [B, L, W]."""
+    if tokens.ndim != 2:
+      raise ValueError(f"expected tokens [B, L], got {tokens.shape}")
+    length = tokens.shape[1]
+    if length > self.max_len:
+      raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
+    valid = tokens != PAD_ID
+    # Keys are masked by padding; every query row keeps its valid keys, so padded queries never
+    # see an all-masked row, and valid positions are independent of the padding after them.
+    attention_mask = nn.make_attention_mask(jnp.ones_like(valid), valid)
+    x = self.token_embedding(tokens)
+    x = x + self.position_embedding[None, :length].astype(self.dtype)
+    x = self.embedding_norm(x)
+    x = self.embedding_dropout(x, deterministic=not train)
+    for layer in self.layers:
+      x = layer(x, attention_mask, train)
+    return x
 
-    def mlm_logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
-        """MLM head on final states [B, L, W]: float32 logits [B, L, V], output tied to the input
-        embedding matrix."""
-        x = exact_gelu(self.mlm_transform(hidden))
-        x = self.mlm_norm(x)
-        logits = self.token_embedding.attend(x)
-        return logits.astype(jnp.float32) + self.mlm_bias.astype(jnp.float32)
+  def mlm_logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
+    """MLM head on final states [B, L, W]: float32 logits [B, L, V], output tied to the input
+    embedding matrix."""
+    x = exact_gelu(self.mlm_transform(hidden))
+    x = self.mlm_norm(x)
+    logits = self.token_embedding.attend(x)
+    return logits.astype(jnp.float32) + self.mlm_bias.astype(jnp.float32)
 
-    def mlm_logits(self, tokens: jax.Array, train: bool) -> jax.Array:
-        """Float32 MLM logits [B, L, V] for (masked) tokens [B, L]."""
-        return self.mlm_logits_from_hidden(self.encode(tokens, train))
+  def mlm_logits(self, tokens: jax.Array, train: bool) -> jax.Array:
+    """Float32 MLM logits [B, L, V] for (masked) tokens [B, L]."""
+    return self.mlm_logits_from_hidden(self.encode(tokens, train))
 
-    def __call__(self, tokens: jax.Array, train: bool) -> TextOutput:
-        """Encodes tokens [B, L] (``[BOS] w1 .. wn [EOS] [PAD]..``) into a ``TextOutput``."""
-        hidden = self.encode(tokens, train)
-        word_mask = tokens[:, 1:] != PAD_ID
-        if self.sentence_pooling == "first":
-            pooled = hidden[:, 0]
-        else:
-            weights = word_mask.astype(jnp.float32)[..., None]
-            total = jnp.sum(hidden[:, 1:].astype(jnp.float32) * weights, axis=1)
-            pooled = (total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)).astype(self.dtype)
-        sentence = self.sentence_head(pooled)
-        words = self.word_head(hidden[:, 1:])
-        if self.is_initializing():
-            # Create the MLM head's parameters too, so that one `init` call covers the tower.
-            self.mlm_logits_from_hidden(hidden)
-        return TextOutput(sentence=sentence.astype(jnp.float32),
-                          words=words.astype(jnp.float32),
-                          word_mask=word_mask,
-                          hidden=hidden)
+  def __call__(self, tokens: jax.Array, train: bool) -> TextOutput:
+    """Encodes tokens [B, L] (``[BOS] w1 .. wn [EOS] [PAD]..``) into a ``TextOutput``."""
+    hidden = self.encode(tokens, train)
+    word_mask = tokens[:, 1:] != PAD_ID
+    if self.sentence_pooling == "first":
+      pooled = hidden[:, 0]
+    else:
+      weights = word_mask.astype(jnp.float32)[..., None]
+      total = jnp.sum(hidden[:, 1:].astype(jnp.float32) * weights, axis=1)
+      pooled = (total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)).astype(self.dtype)
+    sentence = self.sentence_head(pooled)
+    words = self.word_head(hidden[:, 1:])
+    if self.is_initializing():
+      # Create the MLM head's parameters too, so that one `init` call covers the tower.
+      self.mlm_logits_from_hidden(hidden)
+    return TextOutput(
+      sentence=sentence.astype(jnp.float32),
+      words=words.astype(jnp.float32),
+      word_mask=word_mask,
+      hidden=hidden,
+    )

@@ -55,10 +55,10 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 try:
-    from data_pipeline.builders import common
+  from data_pipeline.builders import common
 except ModuleNotFoundError:  # `tfds build <path>` run without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from data_pipeline.builders import common
+  sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+  from data_pipeline.builders import common
 
 NOT_XRAY = "not X-ray"
 LATERAL_VIEW = "lateral view"
@@ -85,262 +85,271 @@ _CITATION = """\
 
 
 def view_kind(view: str) -> str:
-    """'frontal', 'lateral' or 'unknown' for a ``view`` cell (``AP Supine`` -> frontal)."""
-    words = view.replace("-", " ").upper().split()
-    if not words:
-        return "unknown"
-    if words[0] in _FRONTAL_WORDS:
-        return "frontal"
-    if words[0] in _LATERAL_WORDS:
-        return "lateral"
+  """'frontal', 'lateral' or 'unknown' for a ``view`` cell (``AP Supine`` -> frontal)."""
+  words = view.replace("-", " ").upper().split()
+  if not words:
     return "unknown"
+  if words[0] in _FRONTAL_WORDS:
+    return "frontal"
+  if words[0] in _LATERAL_WORDS:
+    return "lateral"
+  return "unknown"
 
 
 @dataclasses.dataclass(eq=False)
 class CovidCxrConfig(common.ImageBuilderConfig):
-    """Config of :class:`Builder`.
+  """Config of :class:`Builder`.
 
-    Attributes:
-      frontal_only: keep only PA/AP views (lateral and unknown views are excluded and counted).
-      split_fractions: ``[[split, fraction], ...]`` for the patient-group split.
-    """
+  Attributes:
+    frontal_only: keep only PA/AP views (lateral and unknown views are excluded and counted).
+    split_fractions: ``[[split, fraction], ...]`` for the patient-group split.
+  """
 
-    frontal_only: bool = True
-    split_fractions: Sequence[Sequence] = common.DEFAULT_SPLIT_FRACTIONS
+  frontal_only: bool = True
+  split_fractions: Sequence[Sequence] = common.DEFAULT_SPLIT_FRACTIONS
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.split_fractions = tuple((str(n), float(f)) for n, f in self.split_fractions)
+  def __post_init__(self):
+    super().__post_init__()
+    self.split_fractions = tuple((str(n), float(f)) for n, f in self.split_fractions)
 
 
 @dataclasses.dataclass
 class _Row:
-    key: str
-    row_index: int
-    patient_id: str
-    image_rel: str
-    text: str
-    finding: str
-    view: str
-    offset: float
-    group: str = ""
+  key: str
+  row_index: int
+  patient_id: str
+  image_rel: str
+  text: str
+  finding: str
+  view: str
+  offset: float
+  group: str = ""
 
 
 class _UnionFind:
-    """Groups patient ids linked by a shared image (representative: smallest id)."""
+  """Groups patient ids linked by a shared image (representative: smallest id)."""
 
-    def __init__(self):
-        self._parent: dict[str, str] = {}
+  def __init__(self):
+    self._parent: dict[str, str] = {}
 
-    def find(self, x: str) -> str:
-        self._parent.setdefault(x, x)
-        root = x
-        while self._parent[root] != root:
-            root = self._parent[root]
-        while self._parent[x] != root:
-            self._parent[x], x = root, self._parent[x]
-        return root
+  def find(self, x: str) -> str:
+    self._parent.setdefault(x, x)
+    root = x
+    while self._parent[root] != root:
+      root = self._parent[root]
+    while self._parent[x] != root:
+      self._parent[x], x = root, self._parent[x]
+    return root
 
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            lo, hi = sorted((ra, rb))
-            self._parent[hi] = lo
+  def union(self, a: str, b: str) -> None:
+    ra, rb = self.find(a), self.find(b)
+    if ra != rb:
+      lo, hi = sorted((ra, rb))
+      self._parent[hi] = lo
 
 
 class Builder(common.ValidatingBuilder):
-    """COVID-19 image data collection: chest X-ray + clinical notes."""
+  """COVID-19 image data collection: chest X-ray + clinical notes."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [
-        CovidCxrConfig(
-            name="frontal",
-            description="PA/AP X-rays only, resized so the longer side is <= 2048 px.",
-        ),
-        CovidCxrConfig(
-            name="all_views",
-            frontal_only=False,
-            description="Every X-ray view (PA, AP, lateral, unknown).",
-        ),
-    ]
-    DEFAULT_BUILDER_CONFIG_NAME = "frontal"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [
+    CovidCxrConfig(
+      name="frontal",
+      description="PA/AP X-rays only, resized so the longer side is <= 2048 px.",
+    ),
+    CovidCxrConfig(
+      name="all_views",
+      frontal_only=False,
+      description="Every X-ray view (PA, AP, lateral, unknown).",
+    ),
+  ]
+  DEFAULT_BUILDER_CONFIG_NAME = "frontal"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Clone or download https://github.com/ieee8023/covid-chestxray-dataset and pass its root
     (the folder holding `metadata.csv` and `images/`) as `--manual_dir`.
     """
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        config = self.builder_config
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=_DESCRIPTION,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": common.image_feature(
-                        config.image_encoding, "grayscale chest X-ray"
-                    ),
-                    "text": tfds.features.Text(doc="clinical notes, whitespace collapsed"),
-                    "study_id": tfds.features.Text(doc="<patientid>_day<offset>"),
-                    "patient_id": tfds.features.Text(doc="patientid column"),
-                    "finding": tfds.features.Text(doc="finding column, e.g. COVID-19"),
-                    "view": tfds.features.Text(doc="view column, e.g. PA, AP Supine, L"),
-                    "offset_days": tfds.features.Scalar(
-                        dtype=np.float32, doc="days since symptom onset; NaN if unknown"
-                    ),
-                    "image_file": tfds.features.Text(doc="image path relative to manual_dir"),
-                }
-            ),
-            supervised_keys=None,
-            homepage="https://github.com/ieee8023/covid-chestxray-dataset",
-            citation=_CITATION,
-            metadata=tfds.core.MetadataDict(),
-        )
-
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        self._new_ledger()
-        root = epath.Path(dl_manager.manual_dir)
-        metadata_path = root / "metadata.csv"
-        if not metadata_path.exists():
-            raise FileNotFoundError(
-                f"{metadata_path} not found.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-            )
-        rows = self._plan(root, metadata_path)
-        fractions = self.builder_config.split_fractions
-        per_split: dict[str, list[_Row]] = {name: [] for name, _ in fractions}
-        for row in rows:
-            per_split[row.group].append(row)
-        self._report_unassigned()
-        return {
-            name: self._generate_examples(split=name, root=root, rows=split_rows)
-            for name, split_rows in self._non_empty_splits(per_split).items()
+  def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=_DESCRIPTION,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": common.image_feature(config.image_encoding, "grayscale chest X-ray"),
+          "text": tfds.features.Text(doc="clinical notes, whitespace collapsed"),
+          "study_id": tfds.features.Text(doc="<patientid>_day<offset>"),
+          "patient_id": tfds.features.Text(doc="patientid column"),
+          "finding": tfds.features.Text(doc="finding column, e.g. COVID-19"),
+          "view": tfds.features.Text(doc="view column, e.g. PA, AP Supine, L"),
+          "offset_days": tfds.features.Scalar(
+            dtype=np.float32, doc="days since symptom onset; NaN if unknown"
+          ),
+          "image_file": tfds.features.Text(doc="image path relative to manual_dir"),
         }
+      ),
+      supervised_keys=None,
+      homepage="https://github.com/ieee8023/covid-chestxray-dataset",
+      citation=_CITATION,
+      metadata=tfds.core.MetadataDict(),
+    )
 
-    def _plan(self, root: epath.Path, metadata_path: epath.Path) -> list[_Row]:
-        """Reads metadata.csv, applies text/view/duplicate rules, assigns patient-group splits.
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    self._new_ledger()
+    root = epath.Path(dl_manager.manual_dir)
+    metadata_path = root / "metadata.csv"
+    if not metadata_path.exists():
+      raise FileNotFoundError(f"{metadata_path} not found.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    rows = self._plan(root, metadata_path)
+    fractions = self.builder_config.split_fractions
+    per_split: dict[str, list[_Row]] = {name: [] for name, _ in fractions}
+    for row in rows:
+      per_split[row.group].append(row)
+    self._report_unassigned()
+    return {
+      name: self._generate_examples(split=name, root=root, rows=split_rows)
+      for name, split_rows in self._non_empty_splits(per_split).items()
+    }
 
-        Returns the rows to load, each with ``group`` set to its split name. Rejections found
-        here are recorded in the split of the record's patient group.
-        """
-        config = self.builder_config
-        ledger = self.ledger
-        raw_rows = list(common.read_csv_rows(metadata_path.read_bytes()))
-        uf = _UnionFind()
-        image_to_patient: dict[str, str] = {}
-        xray_rows: list[tuple[int, dict[str, str], str]] = []
-        for index, row in enumerate(raw_rows):
-            patient = (row.get("patientid") or "").strip()
-            image_rel = self._image_rel(row)
-            modality = (row.get("modality") or "").replace("-", "").replace(" ", "").lower()
-            if modality != "xray":
-                ledger.exclude(None, NOT_XRAY, image_rel)
-                continue
-            if patient:
-                uf.find(patient)
-                if image_rel in image_to_patient:
-                    uf.union(patient, image_to_patient[image_rel])
-                else:
-                    image_to_patient[image_rel] = patient
-            xray_rows.append((index, row, image_rel))
+  def _plan(self, root: epath.Path, metadata_path: epath.Path) -> list[_Row]:
+    """Reads metadata.csv, applies text/view/duplicate rules, assigns patient-group splits.
 
-        def split_of(patient: str) -> str:
-            return common.assign_split(
-                uf.find(patient), config.split_fractions, salt=self.name
-            )
+    Returns the rows to load, each with ``group`` set to its split name. Rejections found
+    here are recorded in the split of the record's patient group.
+    """
+    config = self.builder_config
+    ledger = self.ledger
+    raw_rows = list(common.read_csv_rows(metadata_path.read_bytes()))
+    uf = _UnionFind()
+    image_to_patient: dict[str, str] = {}
+    xray_rows: list[tuple[int, dict[str, str], str]] = []
+    for index, row in enumerate(raw_rows):
+      patient = (row.get("patientid") or "").strip()
+      image_rel = self._image_rel(row)
+      modality = (row.get("modality") or "").replace("-", "").replace(" ", "").lower()
+      if modality != "xray":
+        ledger.exclude(None, NOT_XRAY, image_rel)
+        continue
+      if patient:
+        uf.find(patient)
+        if image_rel in image_to_patient:
+          uf.union(patient, image_to_patient[image_rel])
+        else:
+          image_to_patient[image_rel] = patient
+      xray_rows.append((index, row, image_rel))
 
-        kept: list[_Row] = []
-        seen_images: set[str] = set()
-        seen_keys: dict[str, str] = {}
-        for index, row, image_rel in xray_rows:
-            patient = (row.get("patientid") or "").strip()
-            key = Path(image_rel).stem.lower()
-            if not patient:
-                ledger.reject(
-                    None, MISSING_PATIENT, key, source=root / image_rel,
-                    detail=f"metadata.csv row {index + 2} has no patientid",
-                )
-                continue
-            split = split_of(patient)
-            view = (row.get("view") or "").strip()
-            kind = view_kind(view)
-            if config.frontal_only and kind != "frontal":
-                ledger.exclude(split, LATERAL_VIEW if kind == "lateral" else UNKNOWN_VIEW, key)
-                continue
-            try:
-                text = common.require_text(row.get("clinical_notes"), what="clinical_notes")
-            except common.RecordRejected as e:
-                ledger.reject(
-                    split, e.reason, key, source=metadata_path,
-                    detail=f"row {index + 2}: {e.detail}",
-                )
-                continue
-            if image_rel in seen_images:
-                ledger.reject(
-                    split, common.DUPLICATE_IMAGE, key, source=root / image_rel,
-                    detail=f"metadata.csv row {index + 2} repeats an image already used",
-                )
-                continue
-            if key in seen_keys:
-                ledger.reject(
-                    split, common.DUPLICATE_ID, key, source=root / image_rel,
-                    detail=f"same key as {seen_keys[key]}",
-                )
-                continue
-            seen_images.add(image_rel)
-            seen_keys[key] = image_rel
-            offset = common.float_or_nan(row.get("offset"))
-            kept.append(
-                _Row(
-                    key=key,
-                    row_index=index,
-                    patient_id=patient,
-                    image_rel=image_rel,
-                    text=text,
-                    finding=common.clean_text(row.get("finding")),
-                    view=view,
-                    offset=offset,
-                    group=split,
-                )
-            )
-        return kept
+    def split_of(patient: str) -> str:
+      return common.assign_split(uf.find(patient), config.split_fractions, salt=self.name)
 
-    @staticmethod
-    def _image_rel(row: dict[str, str]) -> str:
-        image_file = (row.get("image_file") or "").strip()
-        if image_file:
-            return image_file
-        folder = (row.get("folder") or "").strip() or "images"
-        return f"{folder}/{(row.get('filename') or '').strip()}"
+    kept: list[_Row] = []
+    seen_images: set[str] = set()
+    seen_keys: dict[str, str] = {}
+    for index, row, image_rel in xray_rows:
+      patient = (row.get("patientid") or "").strip()
+      key = Path(image_rel).stem.lower()
+      if not patient:
+        ledger.reject(
+          None,
+          MISSING_PATIENT,
+          key,
+          source=root / image_rel,
+          detail=f"metadata.csv row {index + 2} has no patientid",
+        )
+        continue
+      split = split_of(patient)
+      view = (row.get("view") or "").strip()
+      kind = view_kind(view)
+      if config.frontal_only and kind != "frontal":
+        ledger.exclude(split, LATERAL_VIEW if kind == "lateral" else UNKNOWN_VIEW, key)
+        continue
+      try:
+        text = common.require_text(row.get("clinical_notes"), what="clinical_notes")
+      except common.RecordRejected as e:
+        ledger.reject(
+          split,
+          e.reason,
+          key,
+          source=metadata_path,
+          detail=f"row {index + 2}: {e.detail}",
+        )
+        continue
+      if image_rel in seen_images:
+        ledger.reject(
+          split,
+          common.DUPLICATE_IMAGE,
+          key,
+          source=root / image_rel,
+          detail=f"metadata.csv row {index + 2} repeats an image already used",
+        )
+        continue
+      if key in seen_keys:
+        ledger.reject(
+          split,
+          common.DUPLICATE_ID,
+          key,
+          source=root / image_rel,
+          detail=f"same key as {seen_keys[key]}",
+        )
+        continue
+      seen_images.add(image_rel)
+      seen_keys[key] = image_rel
+      offset = common.float_or_nan(row.get("offset"))
+      kept.append(
+        _Row(
+          key=key,
+          row_index=index,
+          patient_id=patient,
+          image_rel=image_rel,
+          text=text,
+          finding=common.clean_text(row.get("finding")),
+          view=view,
+          offset=offset,
+          group=split,
+        )
+      )
+    return kept
 
-    def _generate_examples(
-        self, split: str, root: epath.Path, rows: list[_Row]
-    ) -> Iterator[tuple[str, dict]]:
-        ledger = self.ledger
+  @staticmethod
+  def _image_rel(row: dict[str, str]) -> str:
+    image_file = (row.get("image_file") or "").strip()
+    if image_file:
+      return image_file
+    folder = (row.get("folder") or "").strip() or "images"
+    return f"{folder}/{(row.get('filename') or '').strip()}"
+
+  def _generate_examples(
+    self, split: str, root: epath.Path, rows: list[_Row]
+  ) -> Iterator[tuple[str, dict]]:
+    ledger = self.ledger
+    try:
+      for row in rows:
+        path = root / row.image_rel
         try:
-            for row in rows:
-                path = root / row.image_rel
-                try:
-                    loaded = self._load_image(path)
-                except common.RecordRejected as e:
-                    ledger.reject(split, e.reason, row.key, source=path, detail=e.detail)
-                    continue
-                if loaded.converted:
-                    ledger.note(split, f"image converted from mode {loaded.original_mode}")
-                if np.isnan(row.offset):
-                    study_id = f"{row.patient_id}_{row.key}"
-                else:
-                    study_id = f"{row.patient_id}_day{row.offset:g}"
-                ledger.accept(split)
-                yield row.key, {
-                    "image": loaded.array,
-                    "text": row.text,
-                    "study_id": study_id,
-                    "patient_id": row.patient_id,
-                    "finding": row.finding,
-                    "view": row.view,
-                    "offset_days": np.float32(row.offset),
-                    "image_file": row.image_rel,
-                }
-        finally:
-            self._finish_split(split)
-        self._check_split_nonempty(split)
+          loaded = self._load_image(path)
+        except common.RecordRejected as e:
+          ledger.reject(split, e.reason, row.key, source=path, detail=e.detail)
+          continue
+        if loaded.converted:
+          ledger.note(split, f"image converted from mode {loaded.original_mode}")
+        if np.isnan(row.offset):
+          study_id = f"{row.patient_id}_{row.key}"
+        else:
+          study_id = f"{row.patient_id}_day{row.offset:g}"
+        ledger.accept(split)
+        yield (
+          row.key,
+          {
+            "image": loaded.array,
+            "text": row.text,
+            "study_id": study_id,
+            "patient_id": row.patient_id,
+            "finding": row.finding,
+            "view": row.view,
+            "offset_days": np.float32(row.offset),
+            "image_file": row.image_rel,
+          },
+        )
+    finally:
+      self._finish_split(split)
+    self._check_split_nonempty(split)
