@@ -26,12 +26,47 @@ from data_pipeline.tokenizer import Tokenizer
 IU_REPORTS = (
   Path(__file__).resolve().parents[2] / "shared" / "data" / "iu_xray" / "reports_openi.csv"
 )
-SYNTHETIC_WORDS = (
-  "the heart size is normal lungs are clear no pleural effusion or pneumothorax mild "
-  "cardiomegaly left lower lobe opacity consistent with atelectasis right upper stable granuloma "
-  "degenerative changes of "
-  "the thoracic spine small nodule mediastinal contours within limits XXXX"
-).split()
+SYNTHETIC_WORDS = [
+  "the",
+  "heart",
+  "size",
+  "is",
+  "normal",
+  "lungs",
+  "are",
+  "clear",
+  "no",
+  "pleural",
+  "effusion",
+  "or",
+  "pneumothorax",
+  "mild",
+  "cardiomegaly",
+  "left",
+  "lower",
+  "lobe",
+  "opacity",
+  "consistent",
+  "with",
+  "atelectasis",
+  "right",
+  "upper",
+  "stable",
+  "granuloma",
+  "degenerative",
+  "changes",
+  "of",
+  "the",
+  "thoracic",
+  "spine",
+  "small",
+  "nodule",
+  "mediastinal",
+  "contours",
+  "within",
+  "limits",
+  "XXXX",
+]
 
 
 def load_reports(path: Path | None, count: int, seed: int) -> list[str]:

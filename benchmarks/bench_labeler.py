@@ -1,14 +1,14 @@
 """Benchmark the rule-based report labeler on all OpenI (IU X-ray) reports against the MeSH labels.
 
-Runs ``data_pipeline.labels.ReportLabeler`` over every report of ``iu_xray/reports_openi.csv``
+Runs `data_pipeline.labels.ReportLabeler` over every report of `iu_xray/reports_openi.csv`
 (text = findings + impression), compares it per observation with the manual OpenI MeSH major
-annotation (column ``mesh_major``), and prints markdown tables (precision, recall, F1, support) plus
+annotation (column `mesh_major`), and prints markdown tables (precision, recall, F1, support) plus
 the runtime. It prints numbers only; it never passes or fails.
 
-The reference. ``mesh_major`` is a ``;``-separated list of terms ``Heading/qualifier/...`` (e.g.
-``Pulmonary Atelectasis/base/left``) naming what the annotator found present, or ``normal``. An
-observation is present in the reference when some term maps to it under ``MESH_TO_CHEXPERT`` below;
-reports annotated ``No Indexing`` (never annotated) are left out. Observations the MeSH vocabulary
+The reference. `mesh_major` is a `;`-separated list of terms `Heading/qualifier/...` (e.g.
+`Pulmonary Atelectasis/base/left`) naming what the annotator found present, or `normal`. An
+observation is present in the reference when some term maps to it under `MESH_TO_CHEXPERT` below;
+reports annotated `No Indexing` (never annotated) are left out. Observations the MeSH vocabulary
 does not express are not scored. The mapping follows the CheXpert definitions and the CheXpert
 phrase lists (e.g. "scar" and "interstitial markings" are Lung Opacity phrases there, "fibrosis" a
 Pleural Other phrase, "vascular congestion" and "chf" Edema phrases), so a labeler that follows the
@@ -17,11 +17,11 @@ lists is scored against the same concepts.
 The prediction. "positive" scores labeler value 1 as present; "positive+uncertain" scores 1 or -1.
 Negative (0) and unmentioned (nan) are absent.
 
-Places. Many MeSH terms carry a side (``left``/``right``/``bilateral``) and a lung zone (``base``,
-``apex``, ``upper lobe``, ``lingula``, ...). For the lung observations, wherever both the reference
+Places. Many MeSH terms carry a side (`left`/`right`/`bilateral`) and a lung zone (`base`,
+`apex`, `upper lobe`, `lingula`, ...). For the lung observations, wherever both the reference
 and the labeler (positive or uncertain) have the observation, the side the labeler's Chest ImaGenome
 regions name is compared with the MeSH side (exact match of the side set), and the MeSH zone is
-looked up among the labeler's zones. This measures ``finding_regions`` against human annotation.
+looked up among the labeler's zones. This measures `finding_regions` against human annotation.
 
 Usage::
 
@@ -34,8 +34,8 @@ import argparse
 import csv
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -49,7 +49,7 @@ DEFAULT_REPORTS = REPO.parent / "shared" / "data" / "iu_xray" / "reports_openi.c
 
 
 def _has(*words: str) -> Callable[[Sequence[str]], bool]:
-  """Qualifier test: true when any of ``words`` is among a term's qualifiers."""
+  """Qualifier test: true when any of `words` is among a term's qualifiers."""
   wanted = set(words)
   return lambda quals: bool(wanted.intersection(quals))
 
@@ -58,10 +58,10 @@ def _always(_quals: Sequence[str]) -> bool:
   return True
 
 
-#: MeSH heading -> [(CheXpert observation, qualifier test)]. A term counts for the observation when
-#: its heading is listed and the test accepts its qualifiers (e.g. a Cicatrix of the lung is a lung
-#: opacity, a Cicatrix of the pleura is Pleural Other).
-MESH_TO_CHEXPERT: Dict[str, List[Tuple[str, Callable[[Sequence[str]], bool]]]] = {
+# MeSH heading -> [(CheXpert observation, qualifier test)]. A term counts for the observation when
+# its heading is listed and the test accepts its qualifiers (e.g. a Cicatrix of the lung is a lung
+# opacity, a Cicatrix of the pleura is Pleural Other).
+MESH_TO_CHEXPERT: dict[str, list[tuple[str, Callable[[Sequence[str]], bool]]]] = {
   "normal": [("No Finding", _always)],
   "Mediastinum": [("Enlarged Cardiomediastinum", _has("prominent", "enlarged", "widened"))],
   "Cardiomegaly": [("Cardiomegaly", _always)],
@@ -100,7 +100,7 @@ SCORED = tuple(
 )
 
 
-#: Lung observations whose places are scored.
+# Lung observations whose places are scored.
 PLACED = (
   "Lung Lesion",
   "Lung Opacity",
@@ -134,13 +134,13 @@ _REGION_ZONES = {
 }
 
 
-#: One report's reference: ``{observation: (sides, zones)}`` of the observations MeSH says are
-#: present.
-Reference = Dict[str, Tuple[Set[str], Set[str]]]
+# One report's reference: `{observation: (sides, zones)}` of the observations MeSH says are
+# present.
+Reference = dict[str, tuple[set[str], set[str]]]
 
 
 def mesh_terms(mesh_major: str) -> Reference:
-  """``{observation: (sides, zones)}`` present according to one report's ``mesh_major`` string."""
+  """`{observation: (sides, zones)}` present according to one report's `mesh_major` string."""
   present: Reference = {}
   for term in mesh_major.split(";"):
     parts = [p.strip() for p in term.split("/") if p.strip()]
@@ -157,8 +157,8 @@ def mesh_terms(mesh_major: str) -> Reference:
   return present
 
 
-def load_reports(path: Path) -> Tuple[List[str], List[str], List[Reference]]:
-  """(uids, report texts, MeSH ``{observation: (sides, zones)}``) of the indexed reports."""
+def load_reports(path: Path) -> tuple[list[str], list[str], list[Reference]]:
+  """(uids, report texts, MeSH `{observation: (sides, zones)}`) of the indexed reports."""
   uids, texts, refs = [], [], []
   with open(path, newline="", encoding="utf-8") as fh:
     for row in csv.DictReader(fh):
@@ -180,7 +180,7 @@ def place_agreement(results: Sequence[LabelResult], refs: Sequence[Reference]) -
   tot = np.zeros(4, dtype=int)
   for obs in PLACED:
     side_n = side_ok = zone_n = zone_ok = 0
-    for res, ref in zip(results, refs):
+    for res, ref in zip(results, refs, strict=True):
       if obs not in ref:
         continue
       regions = res.finding_regions().get(obs)
@@ -217,7 +217,7 @@ def _rate(k: int, n: int) -> str:
 
 def score(
   labels: np.ndarray, refs: Sequence[Reference], with_uncertain: bool
-) -> Dict[str, Tuple[int, int, int]]:
+) -> dict[str, tuple[int, int, int]]:
   """Per observation (TP, FP, FN) of labeler presence vs MeSH presence."""
   out = {}
   for obs in SCORED:
@@ -229,14 +229,14 @@ def score(
   return out
 
 
-def _prf(tp: int, fp: int, fn: int) -> Tuple[float, float, float]:
+def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
   p = tp / (tp + fp) if tp + fp else float("nan")
   r = tp / (tp + fn) if tp + fn else float("nan")
   f = 2 * p * r / (p + r) if tp else 0.0
   return p, r, f
 
 
-def markdown_table(counts: Dict[str, Tuple[int, int, int]]) -> str:
+def markdown_table(counts: dict[str, tuple[int, int, int]]) -> str:
   """Markdown table of precision/recall/F1/support per observation plus micro averages."""
   lines = [
     "| observation | precision | recall | F1 | support (MeSH) | predicted |",

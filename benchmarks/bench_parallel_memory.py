@@ -57,7 +57,9 @@ def worker(args: argparse.Namespace) -> None:
     neg = parallel.sample_negatives(jax.random.key(0), big, d if mode == "device" else 1)
     loss = parallel.sharded_itm_loss(mesh, local_pairs=mode)
     step = jax.jit(
-      jax.value_and_grad(lambda i, t, r, w, m: loss(i, t, r, w, m, neg)[0], argnums=(0, 1, 2, 3))
+      jax.value_and_grad(
+        lambda i, t, r, w, m, loss=loss, neg=neg: loss(i, t, r, w, m, neg)[0], argnums=(0, 1, 2, 3)
+      )
     )
     compiled = step.lower(*inputs).compile()
     memory = compiled.memory_analysis()

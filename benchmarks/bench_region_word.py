@@ -1,6 +1,6 @@
 """Forward + backward speed and memory of the word-level CE objective (region-word attention).
 
-Times ``value_and_grad`` of ``i2t + t2i`` of the word CE (what :func:`jimte.losses.local_ce_loss`
+Times `value_and_grad` of `i2t + t2i` of the word CE (what `jimte.losses.local_ce_loss`
 computes) with respect to the regions and the words, and compares the useful FLOPs 12 B^2 R T D
 (the forward's two feature contractions plus their four backward ones) with a float32 matmul peak
 timed in the same run, interleaved with the steps.
@@ -118,7 +118,7 @@ def main(argv=None) -> None:
   print(f"float32 matmul peak ({args.peak_size}^3, same run, interleaved): {peak:.1f} GFLOP/s")
 
   print(f"{'method':>7} {'block':>5} {'s/step':>8} {'GFLOP/s':>8} {'of peak':>8} {'temp mem':>10}")
-  for (method, label, _, temp), step_seconds in zip(variants, seconds[1:]):
+  for (method, label, _, temp), step_seconds in zip(variants, seconds[1:], strict=True):
     gflops = useful_flops / step_seconds / 1e9
     print(
       f"{method:>7} {label:>5} {step_seconds:8.3f} {gflops:8.1f} {gflops / peak:8.1%}"

@@ -46,7 +46,7 @@ def loss_config() -> ml_collections.ConfigDict:
       gamma3=10.0,
       sentence_margin=0.5,
       word_margin=0.5,
-      weights={**{k: 1.0 for k in CE_TERMS}, **{k: 2.0 for k in TRIPLET_TERMS}},
+      weights={**dict.fromkeys(CE_TERMS, 1.0), **dict.fromkeys(TRIPLET_TERMS, 2.0)},
       negatives="random",  # random | hardest (VSE++)
       mask_same_study=True,  # pairs from one study are not negatives of each other
       text_block=0,  # texts per block of the region-word score; 0 = automatic

@@ -2,18 +2,18 @@
 
 Two things live here:
 
-* ``CHEST_IMAGENOME_REGIONS``: the 29 Chest ImaGenome region names (Wu et al., 2021) in the standard
+* `CHEST_IMAGENOME_REGIONS`: the 29 Chest ImaGenome region names (Wu et al., 2021) in the standard
   index order 0..28 used by region-level models, so every component names places the same way.
-* ``ChestGeometry`` and ``Pose``: the parametric anatomy that ``data_pipeline.phantoms`` draws. The
+* `ChestGeometry` and `Pose`: the parametric anatomy that `data_pipeline.phantoms` draws. The
   same curves (lung borders, diaphragm domes, heart ellipse, ...) are used to render the phantom and
   to compute each region's box, so ground-truth boxes stay right after the random pose of every
   image.
 
-Coordinates. "Canonical" coordinates ``(v, u)`` are those of the un-posed phantom, normalised to
-[0, 1]: ``v`` runs down, ``u`` runs right, exactly like image rows and columns. A ``Pose`` (shift,
-rotation, scale about the image centre) maps canonical points to image points ``(y, x)``, also in
-[0, 1]. Boxes are ``[y0, x0, y1, x1]`` in normalised image coordinates. Radiological convention: the
-patient's right is on the image's left, so "right lung" means small ``u``.
+Coordinates. "Canonical" coordinates `(v, u)` are those of the un-posed phantom, normalised to
+[0, 1]: `v` runs down, `u` runs right, exactly like image rows and columns. A `Pose` (shift,
+rotation, scale about the image centre) maps canonical points to image points `(y, x)`, also in
+[0, 1]. Boxes are `[y0, x0, y1, x1]` in normalised image coordinates. Radiological convention: the
+patient's right is on the image's left, so "right lung" means small `u`.
 
 This module is numpy-only (the TensorFlow side of the project); it must not import jax or jimte.
 """
@@ -23,12 +23,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Dict, Mapping, Tuple
+from collections.abc import Mapping
 
 import numpy as np
 
-#: The 29 Chest ImaGenome anatomical regions, in the standard index order.
-CHEST_IMAGENOME_REGIONS: Tuple[str, ...] = (
+# The 29 Chest ImaGenome anatomical regions, in the standard index order.
+CHEST_IMAGENOME_REGIONS: tuple[str, ...] = (
   "right lung",
   "right upper lung zone",
   "right mid lung zone",
@@ -60,26 +60,26 @@ CHEST_IMAGENOME_REGIONS: Tuple[str, ...] = (
   "abdomen",
 )
 
-#: Region name -> index in ``CHEST_IMAGENOME_REGIONS``.
-REGION_INDEX: Dict[str, int] = {name: i for i, name in enumerate(CHEST_IMAGENOME_REGIONS)}
+# Region name -> index in `CHEST_IMAGENOME_REGIONS`.
+REGION_INDEX: dict[str, int] = {name: i for i, name in enumerate(CHEST_IMAGENOME_REGIONS)}
 
 NUM_REGIONS = len(CHEST_IMAGENOME_REGIONS)
 
-#: Patient sides. "right" is the patient's right, drawn on the image's left.
-SIDES: Tuple[str, str] = ("right", "left")
+# Patient sides. "right" is the patient's right, drawn on the image's left.
+SIDES: tuple[str, str] = ("right", "left")
 
-Box = Tuple[float, float, float, float]
+Box = tuple[float, float, float, float]
 
 
 def _clip(x, low: float, high: float):
-  """``np.clip`` that stays a fast Python float for float input."""
+  """`np.clip` that stays a fast Python float for float input."""
   if isinstance(x, float):
     return min(max(x, low), high)
   return np.clip(x, low, high)
 
 
 def side_sign(side: str) -> float:
-  """Direction of ``side`` along ``u``: -1 for the patient's right (image left), +1 for the left."""
+  """Direction of `side` along `u`: -1 for the patient's right (image left), +1 for the left."""
   if side == "right":
     return -1.0
   if side == "left":
@@ -88,7 +88,7 @@ def side_sign(side: str) -> float:
 
 
 def region_id(name: str) -> int:
-  """Index of a Chest ImaGenome region name; raises ``KeyError`` naming the bad region."""
+  """Index of a Chest ImaGenome region name; raises `KeyError` naming the bad region."""
   try:
     return REGION_INDEX[name]
   except KeyError:
@@ -99,8 +99,8 @@ def region_id(name: str) -> int:
 class Pose:
   """Similarity transform from canonical phantom coordinates to image coordinates.
 
-  ``image = centre + shift + scale * R(angle) (canonical - centre)`` with the centre at (0.5, 0.5);
-  ``angle`` in radians, positive turning the ``v`` axis towards ``+u`` (clockwise on screen).
+  `image = centre + shift + scale * R(angle) (canonical - centre)` with the centre at (0.5, 0.5);
+  `angle` in radians, positive turning the `v` axis towards `+u` (clockwise on screen).
   """
 
   shift_y: float = 0.0
@@ -109,7 +109,7 @@ class Pose:
   scale: float = 1.0
 
   def to_image(self, v, u):
-    """Map canonical ``(v, u)`` (scalars or arrays) to image ``(y, x)``."""
+    """Map canonical `(v, u)` (scalars or arrays) to image `(y, x)`."""
     c, s = math.cos(self.angle), math.sin(self.angle)
     dv, du = np.subtract(v, 0.5), np.subtract(u, 0.5)
     y = 0.5 + self.shift_y + self.scale * (c * dv - s * du)
@@ -117,8 +117,8 @@ class Pose:
     return y, x
 
   def to_canonical(self, y, x):
-    """Map image ``(y, x)`` (scalars or arrays) back to canonical ``(v, u)``; inverse of
-    ``to_image``."""
+    """Map image `(y, x)` (scalars or arrays) back to canonical `(v, u)`; inverse of
+    `to_image`."""
     c, s = math.cos(self.angle), math.sin(self.angle)
     inv = 1.0 / self.scale
     dy = (np.subtract(y, 0.5 + self.shift_y)) * inv
@@ -128,7 +128,7 @@ class Pose:
     return v, u
 
   def box_to_image(self, box: Box, clip: bool = True) -> Box:
-    """Axis-aligned image box enclosing the posed canonical box ``[v0, u0, v1, u1]``."""
+    """Axis-aligned image box enclosing the posed canonical box `[v0, u0, v1, u1]`."""
     v0, u0, v1, u1 = box
     c, s, k = math.cos(self.angle), math.sin(self.angle), self.scale
     ys, xs = [], []
@@ -142,7 +142,7 @@ class Pose:
     return out
 
   def boxes_to_image(self, boxes: np.ndarray, clip: bool = True) -> np.ndarray:
-    """Vectorised ``box_to_image`` for canonical boxes ``[N, 4]``; returns float32 ``[N, 4]``."""
+    """Vectorised `box_to_image` for canonical boxes `[N, 4]`; returns float32 `[N, 4]`."""
     boxes = np.asarray(boxes, dtype=np.float64)
     v = boxes[:, [0, 0, 2, 2]]
     u = boxes[:, [1, 3, 1, 3]]
@@ -157,30 +157,30 @@ class Pose:
 class ChestGeometry:
   """Parameters of one phantom's anatomy in canonical coordinates (see the module docstring).
 
-  Per-side values are ``(right, left)`` pairs. Distances ``d`` below are measured from the midline
-  towards the named side (``d = side_sign(side) * (u - midline_u)``), so one set of curves serves
+  Per-side values are `(right, left)` pairs. Distances `d` below are measured from the midline
+  towards the named side (`d = side_sign(side) * (u - midline_u)`), so one set of curves serves
   both hemithoraces.
   """
 
   midline_u: float = 0.5
   apex_v: float = 0.145  # top of the lung apices
-  costophrenic_v: Tuple[float, float] = (0.79, 0.81)  # lowest, lateral point of each lung
-  dome_v: Tuple[float, float] = (0.70, 0.725)  # top of each diaphragm dome
+  costophrenic_v: tuple[float, float] = (0.79, 0.81)  # lowest, lateral point of each lung
+  dome_v: tuple[float, float] = (0.70, 0.725)  # top of each diaphragm dome
   dome_d: float = 0.17  # distance of the dome tops from the midline
   cage_halfwidth: float = 0.36  # lateral lung border at the base
   apex_d: float = 0.17  # distance of each apex's top from the midline
   apex_curvature: float = 6.5  # how fast the apex dome falls away from its top
   mediastinum_halfwidth: float = 0.055  # medial lung border at the apex
-  heart_center: Tuple[float, float] = (0.615, 0.535)  # (v, u)
-  heart_radii: Tuple[float, float] = (0.115, 0.155)  # (along the tilted short axis, long axis)
+  heart_center: tuple[float, float] = (0.615, 0.535)  # (v, u)
+  heart_radii: tuple[float, float] = (0.115, 0.155)  # (along the tilted short axis, long axis)
   heart_tilt: float = 0.45  # radians; long axis runs down towards the patient's left
   trachea_halfwidth: float = 0.017
   carina_v: float = 0.32
   spine_halfwidth: float = 0.04
-  clavicle_medial: Tuple[float, float] = (0.19, 0.035)  # (v, d) of the sternal end
-  clavicle_lateral: Tuple[float, float] = (0.12, 0.34)  # (v, d) of the acromial end
+  clavicle_medial: tuple[float, float] = (0.19, 0.035)  # (v, d) of the sternal end
+  clavicle_lateral: tuple[float, float] = (0.12, 0.34)  # (v, d) of the acromial end
   clavicle_halfwidth: float = 0.011
-  aortic_knob: Tuple[float, float, float] = (0.29, 0.562, 0.03)  # (v, u, radius)
+  aortic_knob: tuple[float, float, float] = (0.29, 0.562, 0.03)  # (v, u, radius)
   body_halfwidth: float = 0.43
   neck_halfwidth: float = 0.10
   shoulder_v: float = 0.11
@@ -194,12 +194,12 @@ class ChestGeometry:
     """Vertical extent of the lungs from apex to the lower costophrenic angle."""
     return max(self.costophrenic_v) - self.apex_v
 
-  def side_value(self, pair: Tuple[float, float], side: str) -> float:
-    """Pick the right or left member of a per-side ``(right, left)`` pair."""
+  def side_value(self, pair: tuple[float, float], side: str) -> float:
+    """Pick the right or left member of a per-side `(right, left)` pair."""
     return pair[0] if side == "right" else pair[1]
 
-  def with_enlarged_heart(self, factor: float) -> "ChestGeometry":
-    """Copy with the heart enlarged by ``factor`` (mostly widening, shifting down and to the
+  def with_enlarged_heart(self, factor: float) -> ChestGeometry:
+    """Copy with the heart enlarged by `factor` (mostly widening, shifting down and to the
     left)."""
     rv, ru = self.heart_radii
     cv, cu = self.heart_center
@@ -215,16 +215,16 @@ class ChestGeometry:
   # Each curve takes a Python float (fast scalar path, used by placement and region boxes) or
   # a numpy array (used by rendering).
   def lateral_distance(self, u, side: str):
-    """Distance from the midline towards ``side`` (negative on the other side)."""
+    """Distance from the midline towards `side` (negative on the other side)."""
     return side_sign(side) * (u - self.midline_u)
 
   def lung_top_v(self, d):
-    """The apex dome: ``v`` of the lung's upper border at lateral distance ``d``."""
+    """The apex dome: `v` of the lung's upper border at lateral distance `d`."""
     offset = d - self.apex_d
     return self.apex_v + self.apex_curvature * (offset * offset)
 
   def lung_bottom_v(self, d, side: str):
-    """The diaphragm dome: ``v`` of the lung's lower border at lateral distance ``d``."""
+    """The diaphragm dome: `v` of the lung's lower border at lateral distance `d`."""
     cp = self.side_value(self.costophrenic_v, side)
     dome = self.side_value(self.dome_v, side)
     k = (cp - dome) / (self.cage_halfwidth - self.dome_d) ** 2
@@ -232,7 +232,7 @@ class ChestGeometry:
     return dome + k * (offset * offset)
 
   def lung_lateral_d(self, v, side: str):
-    """Lateral lung border (inner chest wall) at height ``v``: widest at the base."""
+    """Lateral lung border (inner chest wall) at height `v`: widest at the base."""
     cp = self.side_value(self.costophrenic_v, side)
     t = _clip((v - self.apex_v) * (1.5 / (cp - self.apex_v)), 0.0, 1.0)
     return self.cage_halfwidth * (
@@ -240,12 +240,12 @@ class ChestGeometry:
     )
 
   def lung_medial_d(self, v):
-    """Medial lung border (edge of the mediastinum) at height ``v``: slightly wider low down."""
+    """Medial lung border (edge of the mediastinum) at height `v`: slightly wider low down."""
     t = _clip((v - self.apex_v) * (1.0 / self.lung_height), 0.0, 1.0)
     return self.mediastinum_halfwidth * (1.0 + 0.3 * t)
 
   def lung_signed_distance(self, v, u, side: str):
-    """Approximate signed distance to the lung field of ``side`` (negative inside), in canonical
+    """Approximate signed distance to the lung field of `side` (negative inside), in canonical
     units.
 
     The lung is the intersection of four half-planes bent into curves (apex dome, diaphragm dome,
@@ -274,20 +274,20 @@ class ChestGeometry:
     across = (dv * c - du * s) * (1.0 / rs)
     return along * along + across * across
 
-  def heart_extent(self) -> Tuple[float, float]:
-    """Half extents ``(ext_v, ext_u)`` of the axis-aligned box around the tilted heart ellipse."""
+  def heart_extent(self) -> tuple[float, float]:
+    """Half extents `(ext_v, ext_u)` of the axis-aligned box around the tilted heart ellipse."""
     rs, rl = self.heart_radii
     c, s = math.cos(self.heart_tilt), math.sin(self.heart_tilt)
     ext_u = math.sqrt((rl * c) ** 2 + (rs * s) ** 2)
     ext_v = math.sqrt((rl * s) ** 2 + (rs * c) ** 2)
     return ext_v, ext_u
 
-  def hilum(self, side: str) -> Tuple[float, float]:
-    """Canonical ``(v, u)`` of the centre of the hilum of ``side``."""
+  def hilum(self, side: str) -> tuple[float, float]:
+    """Canonical `(v, u)` of the centre of the hilum of `side`."""
     v = self.apex_v + 0.42 * self.lung_height
     return v, self.midline_u + side_sign(side) * (self.lung_medial_d(v) + 0.035)
 
-  def lung_zone_v(self, side: str, zone: str) -> Tuple[float, float]:
+  def lung_zone_v(self, side: str, zone: str) -> tuple[float, float]:
     """Vertical range of a lung zone: 'apical' (top fifth), 'upper'/'mid'/'lower' (thirds)."""
     top = self.apex_v
     height = self.side_value(self.costophrenic_v, side) - top
@@ -302,21 +302,21 @@ class ChestGeometry:
 
   # ------------------------------------------------------------------ regions
   def side_box(self, side: str, v0: float, v1: float, d0: float, d1: float) -> Box:
-    """Canonical box ``[v0, u0, v1, u1]`` spanning lateral distances ``d0..d1`` on ``side``."""
+    """Canonical box `[v0, u0, v1, u1]` spanning lateral distances `d0..d1` on `side`."""
     u_a = self.midline_u + side_sign(side) * d0
     u_b = self.midline_u + side_sign(side) * d1
     return (v0, min(u_a, u_b), v1, max(u_a, u_b))
 
-  def canonical_region_boxes(self) -> Dict[str, Box]:
-    """Box ``[v0, u0, v1, u1]`` of each of the 29 regions in canonical (un-posed) coordinates.
+  def canonical_region_boxes(self) -> dict[str, Box]:
+    """Box `[v0, u0, v1, u1]` of each of the 29 regions in canonical (un-posed) coordinates.
 
     Cached per geometry (it is needed several times per phantom); treat the result as read-only.
     """
     return _canonical_region_boxes(self)
 
-  def _compute_region_boxes(self) -> Dict[str, Box]:
-    """Uncached body of ``canonical_region_boxes``."""
-    boxes: Dict[str, Box] = {}
+  def _compute_region_boxes(self) -> dict[str, Box]:
+    """Uncached body of `canonical_region_boxes`."""
+    boxes: dict[str, Box] = {}
     mid = self.midline_u
     ext_v, ext_u = self.heart_extent()
     hv, hu = self.heart_center
@@ -405,14 +405,14 @@ class ChestGeometry:
     return self.heart_center[0] - 0.6 * ext_v
 
   def region_boxes(self, pose: Pose) -> np.ndarray:
-    """Image-space boxes ``[29, 4]`` (float32, ``[y0, x0, y1, x1]`` in [0, 1]) in the standard
+    """Image-space boxes `[29, 4]` (float32, `[y0, x0, y1, x1]` in [0, 1]) in the standard
     order."""
     canonical = self.canonical_region_boxes()
     return pose.boxes_to_image(np.array([canonical[name] for name in CHEST_IMAGENOME_REGIONS]))
 
 
 @functools.lru_cache(maxsize=256)
-def _canonical_region_boxes(geometry: ChestGeometry) -> Dict[str, Box]:
+def _canonical_region_boxes(geometry: ChestGeometry) -> dict[str, Box]:
   """Memoised region boxes of a (frozen, hashable) geometry."""
   return geometry._compute_region_boxes()
 
@@ -476,7 +476,7 @@ def sample_pose(
   *,
   max_shift: float = 0.04,
   max_rotation_deg: float = 6.0,
-  scale_range: Tuple[float, float] = (0.9, 1.05),
+  scale_range: tuple[float, float] = (0.9, 1.05),
 ) -> Pose:
   """Draw a random patient position: small shift, in-plane rotation and magnification."""
   return Pose(
@@ -488,7 +488,7 @@ def sample_pose(
 
 
 def box_inside_fraction(box, container) -> float:
-  """Fraction of the area of ``box`` that lies inside ``container`` (both ``[y0, x0, y1, x1]``)."""
+  """Fraction of the area of `box` that lies inside `container` (both `[y0, x0, y1, x1]`)."""
   y0, x0 = max(box[0], container[0]), max(box[1], container[1])
   y1, x1 = min(box[2], container[2]), min(box[3], container[3])
   inter = max(0.0, y1 - y0) * max(0.0, x1 - x0)
@@ -497,5 +497,5 @@ def box_inside_fraction(box, container) -> float:
 
 
 def region_box_dict(boxes: np.ndarray) -> Mapping[str, np.ndarray]:
-  """View a ``[29, 4]`` box array as a mapping from region name to box."""
+  """View a `[29, 4]` box array as a mapping from region name to box."""
   return {name: boxes[i] for i, name in enumerate(CHEST_IMAGENOME_REGIONS)}

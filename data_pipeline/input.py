@@ -191,7 +191,7 @@ class GeneratorSource(RandomAccessSource):
     values = tf.numpy_function(
       self._python_example, [index], [self._DTYPES[k] for k in self._keys], stateful=False
     )
-    example = dict(zip(self._keys, values))
+    example = dict(zip(self._keys, values, strict=True))
     example["image"] = tf.ensure_shape(example["image"], [None, None, 1])
     for key in ("text", "study_id", "patient_id"):
       if key in example:
@@ -542,7 +542,7 @@ def _shuffle_seed(seed: int, process_index: int, epoch: tf.Tensor) -> tf.Tensor:
 
 
 def _global_order_stream(
-  source: "RandomAccessSource",
+  source: RandomAccessSource,
   *,
   seed: int,
   process_index: int,

@@ -1,30 +1,30 @@
 """Rule-based radiology-report labeler: the 14 CheXpert observations and where each finding is.
 
-``ReportLabeler`` turns free-text chest X-ray reports into
+`ReportLabeler` turns free-text chest X-ray reports into
 
-* CheXpert-style labels for the 14 observations in ``CHEXPERT_OBSERVATIONS``: 1 positive,
+* CheXpert-style labels for the 14 observations in `CHEXPERT_OBSERVATIONS`: 1 positive,
   0 negative, -1 uncertain, nan unmentioned;
 * the anatomical places each mention is tied to, named as the 29 Chest ImaGenome regions in
-  ``CHEST_IMAGENOME_REGIONS`` (used by anatomy-conditioned retrieval, ALC-ITR).
+  `CHEST_IMAGENOME_REGIONS` (used by anatomy-conditioned retrieval, ALC-ITR).
 
 What comes from where
 ---------------------
 *Mentions* come from the CheXpert phrase lists, read as data at run time from a directory laid out
-like ``labelers/chexpert/phrases``: ``mention/<observation>.txt`` (one phrase per line) and the
-optional ``unmention/<observation>.txt``. Matching follows the lists' own convention: a phrase
+like `labelers/chexpert/phrases`: `mention/<observation>.txt` (one phrase per line) and the
+optional `unmention/<observation>.txt`. Matching follows the lists' own convention: a phrase
 matches as a case-insensitive substring ("atelecta" finds "atelectasis"; the reported span is
-widened to whole words), and a leading or trailing ``_`` demands a word boundary there
+widened to whole words), and a leading or trailing `_` demands a word boundary there
 ("_mediastinum" does not fire inside "pneumomediastinum"). A mention overlapping an unmention phrase
 (matched from a word start) does not count: "effusion" in "pericardial effusion", "nodule" in
-"calcified nodules" (but not in "uncalcified nodule"). A small project list (``EXTRA_UNMENTIONS``)
+"calcified nodules" (but not in "uncalcified nodule"). A small project list (`EXTRA_UNMENTIONS`)
 removes substring accidents the lists would otherwise make ("tube" in "tuberculosis", "plate" in
 "endplate"). Where mentions of two observations overlap, one lying inside a longer one is dropped
-("contour" inside "cardiac contour"); an "other finding" of ``no_finding.txt`` lying inside a
+("contour" inside "cardiac contour"); an "other finding" of `no_finding.txt` lying inside a
 finding is dropped ("density" inside "nodular density").
 
 *Negation and uncertainty* are decided by rules written for this project, without a dependency
 parser: sentences, clauses (cut at "but", "however", "which", ";", "there is", ...), and cue phrases
-with a direction and a scope (``_CUE_SPECS``; overlapping cues resolve to the longest, so "cannot
+with a direction and a scope (`_CUE_SPECS`; overlapping cues resolve to the longest, so "cannot
 be excluded" beats "not"). A pre-cue ("no", "without", "negative for", "free of", "possible", "may",
 ...) governs the mentions after it up to the end of its clause or the start of a new subject (", the
 ...", "and there ..."), so lists such as "No pneumothorax, effusion, or consolidation." are negated
@@ -46,13 +46,13 @@ attribute rather than an abnormality ("heart size", "the heart", "mediastinal si
 limits"/"not enlarged" make it negative, "enlarged"/"prominent"/"widened" positive,
 "borderline"/"top normal"/"upper limits of normal" uncertain (so does a hedge: "heart size may be
 enlarged"); "stable heart size" alone is left unmentioned. A phrase is an attribute phrase when it
-belongs to one of those two observations and contains no abnormality stem (``megal``, ``enlarg``,
-``widen``); this is a rule, not a list, so edited phrase files keep working.
+belongs to one of those two observations and contains no abnormality stem (`megal`, `enlarg`,
+`widen`); this is a rule, not a list, so edited phrase files keep working.
 
 *Aggregation* follows the CheXpert convention: across the mentions of one observation positive wins
 over uncertain, which wins over negative; a positive or uncertain "chf"/"heart failure" adds an
 uncertain Cardiomegaly; No Finding is 1 when no observation other than Support Devices -- and none
-of the "other finding" phrases of ``mention/no_finding.txt`` (emphysema, granuloma, scoliosis, ...)
+of the "other finding" phrases of `mention/no_finding.txt` (emphysema, granuloma, scoliosis, ...)
 -- is positive or uncertain, and nan otherwise. An empty report is all nan (nothing was said).
 
 *Regions.* Each mention owns the place words around it in its sentence that no neighbouring
@@ -87,8 +87,8 @@ import bisect
 import dataclasses
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -109,8 +109,8 @@ __all__ = [
   "split_sentences",
 ]
 
-#: The 14 CheXpert observations, in the column order of the CheXpert labeler output.
-CHEXPERT_OBSERVATIONS: Tuple[str, ...] = (
+# The 14 CheXpert observations, in the column order of the CheXpert labeler output.
+CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
   "No Finding",
   "Enlarged Cardiomediastinum",
   "Cardiomegaly",
@@ -127,24 +127,24 @@ CHEXPERT_OBSERVATIONS: Tuple[str, ...] = (
   "Support Devices",
 )
 
-#: The 29 Chest ImaGenome anatomical regions (Wu et al., 2021), in the standard index order 0..28.
+# The 29 Chest ImaGenome anatomical regions (Wu et al., 2021), in the standard index order 0..28.
 # The 29 Chest ImaGenome region names, in their standard index order (one definition: anatomy.py).
 from data_pipeline.anatomy import CHEST_IMAGENOME_REGIONS  # noqa: E402
 
-#: Environment variable naming the phrase-list directory (``.../labelers/chexpert/phrases``).
+# Environment variable naming the phrase-list directory (`.../labelers/chexpert/phrases`).
 PHRASES_ENV_VAR = "JIMTE_CHEXPERT_PHRASES"
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
-#: Mention status -> label value.
+# Mention status -> label value.
 STATUS_VALUES: Mapping[str, float] = {
   "positive": POSITIVE,
   "negative": NEGATIVE,
   "uncertain": UNCERTAIN,
 }
 
-#: Project additions to the unmention lists: substrings in which a mention phrase is an accident of
-#: substring matching (or names a different structure), per observation.
-EXTRA_UNMENTIONS: Mapping[str, Tuple[str, ...]] = {
+# Project additions to the unmention lists: substrings in which a mention phrase is an accident of
+# substring matching (or names a different structure), per observation.
+EXTRA_UNMENTIONS: Mapping[str, tuple[str, ...]] = {
   "Support Devices": (
     "tubercul",  # "tube" inside tuberculosis / tuberculous
     "tuberosit",  # "tube" inside tuberosity
@@ -173,8 +173,8 @@ EXTRA_UNMENTIONS: Mapping[str, Tuple[str, ...]] = {
   "Edema": ("soft tissue edema", "subcutaneous edema"),  # edema outside the lungs
 }
 
-_OBS_INDEX: Dict[str, int] = {name: i for i, name in enumerate(CHEXPERT_OBSERVATIONS)}
-_REGION_INDEX: Dict[str, int] = {name: i for i, name in enumerate(CHEST_IMAGENOME_REGIONS)}
+_OBS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CHEXPERT_OBSERVATIONS)}
+_REGION_INDEX: dict[str, int] = {name: i for i, name in enumerate(CHEST_IMAGENOME_REGIONS)}
 _NO_FINDING = "No Finding"
 _SUPPORT = "Support Devices"
 
@@ -190,7 +190,7 @@ def _file_stem(observation: str) -> str:
 
 
 def default_phrases_dir() -> Path:
-  """The phrase-list directory: ``$JIMTE_CHEXPERT_PHRASES``, else ``<repo>/../shared/data/...``."""
+  """The phrase-list directory: `$JIMTE_CHEXPERT_PHRASES`, else `<repo>/../shared/data/...`."""
   env = os.environ.get(PHRASES_ENV_VAR)
   if env:
     return Path(env)
@@ -199,10 +199,10 @@ def default_phrases_dir() -> Path:
   )
 
 
-def _read_phrases(path: Path) -> Tuple[str, ...]:
-  """Lower-cased, de-duplicated phrases of one list file (blank lines and ``#`` comments
+def _read_phrases(path: Path) -> tuple[str, ...]:
+  """Lower-cased, de-duplicated phrases of one list file (blank lines and `#` comments
   skipped)."""
-  seen: Dict[str, None] = {}
+  seen: dict[str, None] = {}
   for line in path.read_text(encoding="utf-8").splitlines():
     phrase = line.strip().lower()
     if phrase and not phrase.startswith("#"):
@@ -211,12 +211,12 @@ def _read_phrases(path: Path) -> Tuple[str, ...]:
 
 
 def load_phrase_lists(
-  phrases_dir: Union[str, os.PathLike, None] = None,
-) -> Tuple[Dict[str, Tuple[str, ...]], Dict[str, Tuple[str, ...]]]:
-  """Read ``mention/*.txt`` and ``unmention/*.txt`` into ``({observation: phrases}, {...})``.
+  phrases_dir: str | os.PathLike | None = None,
+) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+  """Read `mention/*.txt` and `unmention/*.txt` into `({observation: phrases}, {...})`.
 
   Every observation must have a mention file; unmention files are optional. Raises
-  ``FileNotFoundError`` naming the missing path so a misconfigured checkout is easy to fix.
+  `FileNotFoundError` naming the missing path so a misconfigured checkout is easy to fix.
   """
   root = Path(phrases_dir) if phrases_dir is not None else default_phrases_dir()
   mention_dir = root / "mention"
@@ -225,8 +225,8 @@ def load_phrase_lists(
       f"CheXpert phrase lists not found: {mention_dir} is not a directory. Pass phrases_dir= "
       f"or set {PHRASES_ENV_VAR} to the 'labelers/chexpert/phrases' directory."
     )
-  mentions: Dict[str, Tuple[str, ...]] = {}
-  unmentions: Dict[str, Tuple[str, ...]] = {}
+  mentions: dict[str, tuple[str, ...]] = {}
+  unmentions: dict[str, tuple[str, ...]] = {}
   for obs in CHEXPERT_OBSERVATIONS:
     path = mention_dir / f"{_file_stem(obs)}.txt"
     if not path.is_file():
@@ -238,15 +238,15 @@ def load_phrase_lists(
 
 
 def _phrase_pattern(phrase: str) -> str:
-  """Regex for one list phrase: substring match, ``_`` at an end = word boundary, spaces =
-  ``\\s+``."""
+  """Regex for one list phrase: substring match, `_` at an end = word boundary, spaces =
+  `\\s+`."""
   lead = r"(?<![a-z0-9])" if phrase.startswith("_") else ""
   trail = r"(?![a-z0-9])" if phrase.endswith("_") else ""
   words = [re.escape(w) for w in re.split(r"[\s_]+", phrase) if w]
   return lead + r"\s+".join(words) + trail
 
 
-def _alternation(phrases: Iterable[str]) -> Optional["re.Pattern[str]"]:
+def _alternation(phrases: Iterable[str]) -> re.Pattern[str] | None:
   """One compiled alternation of phrases, longest first so the longest match at a position wins."""
   pats = sorted({_phrase_pattern(p) for p in phrases if p.strip("_ ")}, key=len, reverse=True)
   if not pats:
@@ -254,8 +254,8 @@ def _alternation(phrases: Iterable[str]) -> Optional["re.Pattern[str]"]:
   return re.compile("|".join(f"(?:{p})" for p in pats))
 
 
-def _unmention_alternation(phrases: Iterable[str]) -> Optional["re.Pattern[str]"]:
-  """Like ``_alternation`` but anchored at a word start: "calcified nodul" must not fire inside
+def _unmention_alternation(phrases: Iterable[str]) -> re.Pattern[str] | None:
+  """Like `_alternation` but anchored at a word start: "calcified nodul" must not fire inside
   "uncalcified nodule"."""
   rx = _alternation(phrases)
   return None if rx is None else re.compile(r"(?<![a-z0-9])(?:" + rx.pattern + ")")
@@ -273,16 +273,16 @@ _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 _PREV_WORD = re.compile(r"([a-z][a-z.]*)$")
 
 
-def split_sentences(text: str) -> List[Tuple[int, int]]:
-  """Character spans of the sentences of ``text``, terminal punctuation included.
+def split_sentences(text: str) -> list[tuple[int, int]]:
+  """Character spans of the sentences of `text`, terminal punctuation included.
 
-  A sentence ends at ``.``, ``!`` or ``?`` followed by whitespace (or the end), or at a blank line;
+  A sentence ends at `.`, `!` or `?` followed by whitespace (or the end), or at a blank line;
   periods of a few abbreviations ("vs.", "e.g.") and decimals ("1.5") do not end one. Numbered-list
   markers ("1.") become their own short sentences, which is harmless. Whitespace-only spans are
   dropped and spans are trimmed.
   """
   low = text.lower()
-  spans: List[Tuple[int, int]] = []
+  spans: list[tuple[int, int]] = []
   start = 0
   for m in _SENT_END.finditer(low):
     if m.group(0)[0] == "." and m.end() - m.start() == 1:
@@ -304,43 +304,43 @@ def split_sentences(text: str) -> List[Tuple[int, int]]:
   return out
 
 
-#: Clause boundaries: no negation/uncertainty scope and no post-cue reaches across them.
+# Clause boundaries: no negation/uncertainty scope and no post-cue reaches across them.
 _HARD_BOUNDARY = re.compile(
   r";|:(?!\d)|\bbut\b|\bhowever\b|\balthough\b|\bthough\b|\bwhich\b|\bwhereas\b|\bwhile\b"
   r"|\bexcept\b|\baside\s+from\b|\bapart\s+from\b|\botherwise\b|\bwith\s+the\s+exception\s+of\b"
   r"|\bthere\s+(?:is|are|was|were|has|have|appears?|remains?|seems?)\b|\bthere's\b|,\s*with\b"
 )
-#: Where a new subject starts: ends the scope of a preceding pre-cue (but not the reach of
-#: post-cues, so "The heart and the mediastinum are normal" still negates both).
+# Where a new subject starts: ends the scope of a preceding pre-cue (but not the reach of
+# post-cues, so "The heart and the mediastinum are normal" still negates both).
 _SOFT_BOUNDARY = re.compile(r"(?:,\s*(?:and\s+)?|\band\s+)(?:the|there|this|these|it|its|a|an)\b")
-#: Location-gap separators between two mentions (see module docstring).
+# Location-gap separators between two mentions (see module docstring).
 _LOC_SEPARATOR = re.compile(
   r",|;|/|\band\b|\bor\b|\bwith\b|\bversus\b|\bvs\b|\bas\s+well\s+as\b|\bplus\b|\bbut\b|\bwhich\b"
   r"|\blikely\b|\bmay\b|\bpossibl[ey]\b|\bprobabl[ey]\b|\bsuggest\w*|\bconcerning\b"
   r"|\brepresent\w*|\bconsistent\b|\bcompatible\b|\bdue\b|\bsecondary\b|\bfrom\b|\bthere\b"
 )
-#: Hard boundaries that do not cut a first mention's location words ("At the left base, there is
-#: ...").
+# Hard boundaries that do not cut a first mention's location words ("At the left base, there is
+# ...").
 _LOC_KEEP_BOUNDARY = re.compile(r",|there")
-#: A gap opening with a preposition belongs to the mention before it ("opacity in the right base").
+# A gap opening with a preposition belongs to the mention before it ("opacity in the right base").
 _LOC_PREPOSITION = re.compile(
   r"\s*(?:in|at|on|of|within|involving|over|along|near|throughout|from)\b"
 )
-#: Where the location words after the last mention of a sentence stop.
+# Where the location words after the last mention of a sentence stop.
 _LOC_TAIL_CUT = re.compile(r",|;|:|\bbut\b|\bwith\b|\bthere\b|\bhowever\b")
 _LOC_WINDOW_TOKENS = 10
-#: A sentence-initial place phrase whose comma does not cut it off from the finding after it.
+# A sentence-initial place phrase whose comma does not cut it off from the finding after it.
 _LOC_PREAMBLE = re.compile(r"\s*(?:in|at|on|within|along|over|throughout|involving|projecting)\b")
-#: Verbs: a gap that has one before a comma is a new clause, not a list of subjects.
+# Verbs: a gap that has one before a comma is a new clause, not a list of subjects.
 _GAP_VERB = re.compile(
   r"\b(?:is|are|was|were|appears?|remains?|seems?|has|have|shows?|demonstrates?)\b"
 )
-#: What may follow a post-cue that must end its clause ("atelectasis is likely." / "..., likely
-#: and").
+# What may follow a post-cue that must end its clause ("atelectasis is likely." / "..., likely
+# and").
 _CLAUSE_END = re.compile(
   r"\s*(?:$|[.,;:?!)\]]|and\b|or\b|but\b|given\b|in\s+the\s+(?:appropriate|correct|right)\b)"
 )
-#: Words that stop a post-cue from reaching back to the mention.
+# Words that stop a post-cue from reaching back to the mention.
 _GAP_BLOCK = re.compile(r"\b(?:with|without|by|for|no|not)\b")
 
 
@@ -361,8 +361,8 @@ class _CueSpec:
 
   pattern: str
   kind: str  # _NEG, _UNC, _PSEUDO, _ASSERT, or _MASK (hides its words from the other cues)
-  pre: Optional[int] = None  # None: not a pre-cue; _CLAUSE; or the maximum token gap
-  post: Optional[int] = None  # None: not a post-cue; else the maximum token gap
+  pre: int | None = None  # None: not a pre-cue; _CLAUSE; or the maximum token gap
+  post: int | None = None  # None: not a post-cue; else the maximum token gap
   post_needs_end: bool = False  # as a post-cue, must end its clause ("atelectasis is likely.")
   overrides_neg: bool = True  # False: a modifier that never lifts an enclosing negation
   attribute_only: bool = False  # applies only to attribute mentions ("heart size")
@@ -370,22 +370,22 @@ class _CueSpec:
     False  # says how an attribute is (normal / enlarged / borderline): it makes one count
   )
   priority: int = 0  # tie-break between equally long overlapping cues (higher wins)
-  needles: Tuple[str, ...] = ()  # every match contains one of these, so absent cues skip the regex
+  needles: tuple[str, ...] = ()  # every match contains one of these, so absent cues skip the regex
 
 
-#: Modifiers allowed between "no"/"without" and "change" in a pseudo-negation.
+# Modifiers allowed between "no"/"without" and "change" in a pseudo-negation.
 _MODS = (
   r"(?:significant|significantly|definite|definitely|appreciable|substantial|marked|acute|radiographic"
   r"|interval|apparent|major|gross|visible|detectable|overall|further|real|new)"
 )
-#: Words allowed between "not" and "seen" in a post-negation ("not well-seen", "not been
-#: identified").
+# Words allowed between "not" and "seen" in a post-negation ("not well-seen", "not been
+# identified").
 _NOT_VERB_FILL = (
   r"(?:(?:been|be|well|clearly|definitely|really|convincingly|readily|currently|again|now|longer|identified"
   r"|otherwise)[\s-]+){0,2}"
 )
 
-_CUE_SPECS: Tuple[_CueSpec, ...] = (
+_CUE_SPECS: tuple[_CueSpec, ...] = (
   # --- negation -------------------------------------------------------------------------------
   _CueSpec(r"\bno\b", _NEG, pre=_CLAUSE, needles=("no",)),
   _CueSpec(r"\bnot\b", _NEG, pre=_CLAUSE, needles=("not",)),
@@ -633,7 +633,7 @@ class _Cue:
 # --------------------------------------------------------------------------------------------------
 
 _ZONE_FOLLOW = r"(?=(?:[\s-]+[a-z&]+){0,3}?[\s-]+(?:lobes?|lungs?|zones?|fields?|hemithorax)\b)"
-_LOCATION_TERMS: Tuple[Tuple[str, str], ...] = (
+_LOCATION_TERMS: tuple[tuple[str, str], ...] = (
   # (group name, regex); misc regions first so "right atrium" is not read as a side.
   ("ra", r"\bright\s+atri(?:um|al)\b"),
   ("cavoatrial", r"\bcav(?:o|al)[\s-]*atrial\b"),
@@ -740,8 +740,8 @@ _LUNG_OBSERVATIONS = frozenset(
     "Pleural Other",
   }
 )
-#: Device words -> where the device is when the report names no place for it.
-_DEVICE_DEFAULTS: Tuple[Tuple["re.Pattern[str]", Tuple[str, ...]], ...] = (
+# Device words -> where the device is when the report names no place for it.
+_DEVICE_DEFAULTS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
   (re.compile(r"\b(?:endo)?trache\w*|\bet\s*tube\b|\bett\b"), ("trachea",)),
   (
     re.compile(
@@ -777,19 +777,19 @@ _NON_PREFIX = re.compile(r"(?<![a-z])non-?$")
 class Mention:
   """One mention of an observation in a report.
 
-  ``phrase`` is the report text of the mention, widened to whole words; ``span`` its character
-  offsets in the report; ``status`` one of "positive", "negative", "uncertain"; ``sentence`` the
-  sentence it sits in; ``regions`` Chest ImaGenome region names, in the standard index order.
+  `phrase` is the report text of the mention, widened to whole words; `span` its character
+  offsets in the report; `status` one of "positive", "negative", "uncertain"; `sentence` the
+  sentence it sits in; `regions` Chest ImaGenome region names, in the standard index order.
   Mentions with observation "No Finding" are CheXpert's "other finding" phrases (emphysema,
   granuloma, ...): a positive or uncertain one means the report is not normal.
   """
 
   observation: str
   phrase: str
-  span: Tuple[int, int]
+  span: tuple[int, int]
   status: str
   sentence: str
-  regions: Tuple[str, ...]
+  regions: tuple[str, ...]
 
   @property
   def value(self) -> float:
@@ -802,19 +802,19 @@ class LabelResult:
   """Labels of one report (float32 [14], CheXpert order, nan = unmentioned) and its mentions."""
 
   labels: np.ndarray
-  mentions: Tuple[Mention, ...]
+  mentions: tuple[Mention, ...]
 
-  def as_dict(self) -> Dict[str, float]:
-    """``{observation: value}`` for all 14 observations (nan for unmentioned)."""
-    return {obs: float(v) for obs, v in zip(CHEXPERT_OBSERVATIONS, self.labels)}
+  def as_dict(self) -> dict[str, float]:
+    """`{observation: value}` for all 14 observations (nan for unmentioned)."""
+    return {obs: float(v) for obs, v in zip(CHEXPERT_OBSERVATIONS, self.labels, strict=True)}
 
-  def finding_regions(self) -> Dict[str, Tuple[str, ...]]:
-    """``{observation: regions}`` over positive/uncertain mentions (No Finding excluded).
+  def finding_regions(self) -> dict[str, tuple[str, ...]]:
+    """`{observation: regions}` over positive/uncertain mentions (No Finding excluded).
 
     An observation appears as soon as one of its mentions is positive or uncertain, even when no
     region could be named for it (empty tuple); regions are in the standard index order.
     """
-    acc: Dict[str, set] = {}
+    acc: dict[str, set] = {}
     for m in self.mentions:
       if m.observation == _NO_FINDING or m.status == "negative":
         continue
@@ -836,19 +836,19 @@ class _Raw:
   """A mention while it is being built: raw match span, widened span, observation."""
 
   observation: str
-  raw: Tuple[int, int]
+  raw: tuple[int, int]
   start: int
   end: int
   attribute: bool
   non_prefix: bool = False  # the word carries a negating "non" prefix ("nonconsolidating")
-  own: Tuple[int, int] = (0, 0)  # character range whose place words belong to this mention
-  status: Optional[str] = None
+  own: tuple[int, int] = (0, 0)  # character range whose place words belong to this mention
+  status: str | None = None
   sentence: int = 0
-  locations: Tuple[Tuple[Tuple[Optional[str], Optional[str]], ...], Tuple[str, ...]] = ((), ())
+  locations: tuple[tuple[tuple[str | None, str | None], ...], tuple[str, ...]] = ((), ())
 
 
 def _lower_same_length(text: str) -> str:
-  """``text.lower()``, keeping character offsets even where Unicode lower-casing changes lengths."""
+  """`text.lower()`, keeping character offsets even where Unicode lower-casing changes lengths."""
   low = text.lower()
   if len(low) == len(text):
     return low
@@ -858,16 +858,16 @@ def _lower_same_length(text: str) -> str:
 class ReportLabeler:
   """CheXpert-style labeler with anatomical regions; see the module docstring for the rules.
 
-  ``phrases_dir`` is the ``labelers/chexpert/phrases`` directory (default:
-  ``default_phrases_dir()``). All regexes are compiled once here; labeling is pure Python and fast
+  `phrases_dir` is the `labelers/chexpert/phrases` directory (default:
+  `default_phrases_dir()`). All regexes are compiled once here; labeling is pure Python and fast
   (thousands of reports/s).
   """
 
-  def __init__(self, phrases_dir: Union[str, os.PathLike, None] = None):
+  def __init__(self, phrases_dir: str | os.PathLike | None = None):
     mentions, unmentions = load_phrase_lists(phrases_dir)
     self.phrases_dir = Path(phrases_dir) if phrases_dir is not None else default_phrases_dir()
-    self.mention_phrases: Dict[str, Tuple[str, ...]] = mentions
-    self.unmention_phrases: Dict[str, Tuple[str, ...]] = {
+    self.mention_phrases: dict[str, tuple[str, ...]] = mentions
+    self.unmention_phrases: dict[str, tuple[str, ...]] = {
       obs: tuple(unmentions.get(obs, ())) + EXTRA_UNMENTIONS.get(obs, ())
       for obs in CHEXPERT_OBSERVATIONS
     }
@@ -884,7 +884,7 @@ class ReportLabeler:
     self._cue_res = [(re.compile(spec.pattern), spec) for spec in _CUE_SPECS]
 
   # ---------------------------------------------------------------- public API
-  def label(self, text: Optional[str]) -> LabelResult:
+  def label(self, text: str | None) -> LabelResult:
     """Label one report: 14 values (nan/1/0/-1) and every mention with status and regions."""
     text = "" if text is None else str(text)
     labels = np.full(len(CHEXPERT_OBSERVATIONS), np.nan, dtype=np.float32)
@@ -904,7 +904,7 @@ class ReportLabeler:
     ctx = _Context(
       low, sentences, sent_starts, tok_starts, hard, soft_starts, cues, cue_starts, cue_ends
     )
-    kept: List[_Raw] = []
+    kept: list[_Raw] = []
     for r in raws:
       r.sentence = max(0, bisect.bisect_right(sent_starts, r.start) - 1)
       r.status = self._status(r, ctx)
@@ -927,22 +927,22 @@ class ReportLabeler:
       )
     return LabelResult(self._aggregate(mentions, labels), tuple(mentions))
 
-  def label_many(self, texts: Iterable[Optional[str]]) -> np.ndarray:
+  def label_many(self, texts: Iterable[str | None]) -> np.ndarray:
     """Labels of many reports as a float32 array [N, 14]."""
     rows = [self.label(t).labels for t in texts]
     if not rows:
       return np.zeros((0, len(CHEXPERT_OBSERVATIONS)), dtype=np.float32)
     return np.stack(rows).astype(np.float32, copy=False)
 
-  def finding_regions(self, text: Optional[str]) -> Dict[str, Tuple[str, ...]]:
-    """``{observation: Chest ImaGenome regions}`` of the positive/uncertain findings of a report."""
+  def finding_regions(self, text: str | None) -> dict[str, tuple[str, ...]]:
+    """`{observation: Chest ImaGenome regions}` of the positive/uncertain findings of a report."""
     return self.label(text).finding_regions()
 
   # ---------------------------------------------------------------- mentions
-  def _find_mentions(self, low: str) -> List[_Raw]:
+  def _find_mentions(self, low: str) -> list[_Raw]:
     """All mentions not inside an unmention phrase or inside a longer mention of another
     observation."""
-    found: List[_Raw] = []
+    found: list[_Raw] = []
     for obs in CHEXPERT_OBSERVATIONS:
       rx = self._mention_re[obs]
       if rx is None or not any(n in low for n in self._mention_needles[obs]):
@@ -979,9 +979,12 @@ class ReportLabeler:
         inside = b.raw[0] <= a.raw[0] and a.raw[1] <= b.raw[1]
         if not inside:
           continue
-        if a.observation == _NO_FINDING and b.observation != _NO_FINDING:
-          drop = True
-        elif b.observation != _NO_FINDING and (b.raw[1] - b.raw[0]) > (a.raw[1] - a.raw[0]):
+        if (
+          a.observation == _NO_FINDING
+          and b.observation != _NO_FINDING
+          or b.observation != _NO_FINDING
+          and (b.raw[1] - b.raw[0]) > (a.raw[1] - a.raw[0])
+        ):
           drop = True
         if drop:
           break
@@ -991,7 +994,7 @@ class ReportLabeler:
     return keep
 
   # ---------------------------------------------------------------- cues and status
-  def _find_cues(self, low: str) -> List[_Cue]:
+  def _find_cues(self, low: str) -> list[_Cue]:
     """All cue occurrences, overlaps resolved: the longer cue wins, then the higher priority."""
     cand = []
     for rx, spec in self._cue_res:
@@ -1001,7 +1004,7 @@ class ReportLabeler:
         if m.end() > m.start():
           cand.append(_Cue(m.start(), m.end(), spec))
     cand.sort(key=lambda c: (-(c.end - c.start), -c.spec.priority, c.start))
-    taken: List[Tuple[int, int]] = []
+    taken: list[tuple[int, int]] = []
     out = []
     for c in cand:
       if any(c.start < e and s < c.end for s, e in taken):
@@ -1011,7 +1014,7 @@ class ReportLabeler:
     out.sort(key=lambda c: c.start)
     return out
 
-  def _status(self, r: _Raw, ctx: "_Context") -> Optional[str]:
+  def _status(self, r: _Raw, ctx: _Context) -> str | None:
     """Status of one mention from its pre- and post-cues; None drops an unqualified attribute."""
     if r.non_prefix:
       return "negative"
@@ -1037,12 +1040,10 @@ class ReportLabeler:
   def _applies(spec: _CueSpec, r: _Raw) -> bool:
     return r.attribute or not spec.attribute_only
 
-  def _pre_cue(
-    self, r: _Raw, ctx: "_Context", clause_s: int
-  ) -> Tuple[Optional[_Cue], Optional[_Cue]]:
+  def _pre_cue(self, r: _Raw, ctx: _Context, clause_s: int) -> tuple[_Cue | None, _Cue | None]:
     """The governing cue before the mention (nearest wins; modifiers never lift a negation).
 
-    Returns ``(governing cue, modifier)``: the modifier is the modifier-like cue that a negation
+    Returns `(governing cue, modifier)`: the modifier is the modifier-like cue that a negation
     further back overrode ("enlargement" in "no enlargement of the heart"), else None.
     """
     soft = bisect.bisect_left(ctx.soft_starts, r.start) - 1
@@ -1051,7 +1052,7 @@ class ReportLabeler:
       scope_s = ctx.soft_starts[soft]
     # Cues never overlap, so sorted by start they are sorted by end too.
     i = bisect.bisect_right(ctx.cue_ends, r.start) - 1
-    held: Optional[_Cue] = None  # a modifier-like cue, waiting to see if a negation encloses it
+    held: _Cue | None = None  # a modifier-like cue, waiting to see if a negation encloses it
     while i >= 0:
       c = ctx.cues[i]
       i -= 1
@@ -1080,7 +1081,7 @@ class ReportLabeler:
       return c, None
     return held, None
 
-  def _post_cue(self, r: _Raw, ctx: "_Context", clause_e: int) -> Tuple[Optional[_Cue], bool]:
+  def _post_cue(self, r: _Raw, ctx: _Context, clause_e: int) -> tuple[_Cue | None, bool]:
     """The first cue after the mention if it is a post-cue within reach; plus a hedge flag.
 
     Attribute mentions look past pre-only uncertainty words ("heart size may be enlarged"),
@@ -1116,21 +1117,21 @@ class ReportLabeler:
     return None, hedged
 
   # ---------------------------------------------------------------- locations
-  def _locate(self, kept: List[_Raw], ctx: "_Context") -> None:
+  def _locate(self, kept: list[_Raw], ctx: _Context) -> None:
     """Attach location words to each mention (see module docstring for the gap rule).
 
     Each mention owns a character range before it and one after it; the location terms found
-    once per report (``ctx.locations``) inside those ranges and inside the mention are parsed.
+    once per report (`ctx.locations`) inside those ranges and inside the mention are parsed.
     """
-    by_sentence: Dict[int, List[_Raw]] = {}
+    by_sentence: dict[int, list[_Raw]] = {}
     for r in kept:
       by_sentence.setdefault(r.sentence, []).append(r)
     low = ctx.low
     for si, group in by_sentence.items():
       sent_s, sent_e = ctx.sentences[si]
       group.sort(key=lambda r: (r.start, r.end))
-      pre: Dict[int, Tuple[int, int]] = {}
-      post: Dict[int, Tuple[int, int]] = {}
+      pre: dict[int, tuple[int, int]] = {}
+      post: dict[int, tuple[int, int]] = {}
       for k, r in enumerate(group):
         if k == 0:
           # From the sentence start, cut after the last clause boundary or comma, except a
@@ -1219,7 +1220,7 @@ class ReportLabeler:
         if pairs:
           r.locations = (pairs, r.locations[1])
 
-  def _regions(self, r: _Raw, low: str) -> Tuple[str, ...]:
+  def _regions(self, r: _Raw, low: str) -> tuple[str, ...]:
     """Chest ImaGenome region names of a located mention, in the standard index order."""
     pairs, misc = r.locations
     obs = r.observation
@@ -1281,7 +1282,7 @@ class ReportLabeler:
   def _aggregate(mentions: Sequence[Mention], labels: np.ndarray) -> np.ndarray:
     """CheXpert aggregation: positive > uncertain > negative; chf rule; No Finding rule."""
     rank = {"negative": 0, "uncertain": 1, "positive": 2}
-    best: Dict[str, str] = {}
+    best: dict[str, str] = {}
 
     def vote(obs: str, status: str) -> None:
       if obs not in best or rank[status] > rank[best[obs]]:
@@ -1339,16 +1340,16 @@ class _Context:
     return bisect.bisect_left(self.tok_starts, b) - bisect.bisect_left(self.tok_starts, a)
 
   def last_tokens_start(self, a: int, b: int, n: int) -> int:
-    """Start of the last ``n`` tokens of [a, b) (``a`` when there are fewer)."""
+    """Start of the last `n` tokens of [a, b) (`a` when there are fewer)."""
     i = bisect.bisect_left(self.tok_starts, b) - n
     return max(a, self.tok_starts[i]) if i >= 0 else a
 
   def first_tokens_end(self, a: int, b: int, n: int) -> int:
-    """End of the first ``n`` tokens of [a, b) (``b`` when there are fewer)."""
+    """End of the first `n` tokens of [a, b) (`b` when there are fewer)."""
     i = bisect.bisect_left(self.tok_starts, a) + n
     return min(b, self.tok_starts[i]) if i < len(self.tok_starts) else b
 
-  def location_kinds(self, a: int, b: int) -> List[str]:
+  def location_kinds(self, a: int, b: int) -> list[str]:
     """Names of the location terms lying wholly inside [a, b), in reading order."""
     if b <= a:
       return []
@@ -1360,7 +1361,7 @@ class _Context:
       i += 1
     return out
 
-  def clause(self, start: int, end: int, sent_s: int, sent_e: int) -> Tuple[int, int]:
+  def clause(self, start: int, end: int, sent_s: int, sent_e: int) -> tuple[int, int]:
     """The clause around [start, end): between the nearest hard boundaries inside the sentence."""
     cs = sent_s
     i = bisect.bisect_right(self.hard_ends, start) - 1
@@ -1374,14 +1375,14 @@ class _Context:
 
 
 def _ends_clause(low: str, pos: int, clause_e: int) -> bool:
-  """True if nothing but punctuation (or a conjunction) follows ``pos`` before the clause ends."""
+  """True if nothing but punctuation (or a conjunction) follows `pos` before the clause ends."""
   return _CLAUSE_END.match(low, pos, clause_e) is not None
 
 
 def _parse_locations(
   kinds: Sequence[str],
-) -> Tuple[Tuple[Tuple[Optional[str], Optional[str]], ...], Tuple[str, ...]]:
-  """(side, zone) pairs and side-free region groups from location terms (``_LOCATION_TERMS`` names)
+) -> tuple[tuple[tuple[str | None, str | None], ...], tuple[str, ...]]:
+  """(side, zone) pairs and side-free region groups from location terms (`_LOCATION_TERMS` names)
   in reading order.
 
   Pending side words pair with the next zone word ("right upper and left lower lobes" -> (right,
@@ -1389,10 +1390,10 @@ def _parse_locations(
   lower lobes"); a side left without a zone gives (side, None); a zone never given a side gives
   (None, zone) -- read as both sides by the region mapper.
   """
-  pairs: List[Tuple[Optional[str], Optional[str]]] = []
-  misc: List[str] = []
-  pending: List[str] = []
-  last: Optional[Tuple[str, ...]] = None
+  pairs: list[tuple[str | None, str | None]] = []
+  misc: list[str] = []
+  pending: list[str] = []
+  last: tuple[str, ...] | None = None
   for kind in kinds:
     if kind in _MISC_REGION:
       if kind not in misc:
@@ -1411,7 +1412,7 @@ def _parse_locations(
       if pending:
         last = tuple(pending)
         pending = []
-      group: Tuple[Optional[str], ...] = last if last else (None,)
+      group: tuple[str | None, ...] = last if last else (None,)
       pairs.extend((sd, kind) for sd in group)
   if pending:
     sideless = [z for sd, z in pairs if sd is None]
@@ -1419,7 +1420,7 @@ def _parse_locations(
       pairs = [p for p in pairs if p[0] is not None] + [(sd, z) for z in sideless for sd in pending]
     else:
       pairs.extend((sd, None) for sd in pending)
-  seen: Dict[Tuple[Optional[str], Optional[str]], None] = {}
+  seen: dict[tuple[str | None, str | None], None] = {}
   for p in pairs:
     seen.setdefault(p, None)
   return tuple(seen), tuple(misc)

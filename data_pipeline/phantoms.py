@@ -2,7 +2,7 @@
 truth.
 
 Each example is a grayscale frontal chest radiograph drawn from a parametric anatomy
-(``data_pipeline.anatomy``: body outline, lungs, heart, diaphragm domes, ribs, clavicles, spine,
+(`data_pipeline.anatomy`: body outline, lungs, heart, diaphragm domes, ribs, clavicles, spine,
 trachea, hila), posed, contrasted and noised at random, with 0..3 findings drawn at named Chest
 ImaGenome regions, and a radiology-style report (findings, then impression) that describes them,
 negates some absent ones and otherwise reads like the Indiana University reports.
@@ -11,15 +11,15 @@ Ground truth travels with every example: each finding's name, region, image box,
 exact words of the report that describe it (with character spans), plus 14 CheXpert-order labels
 (1 positive, 0 negated, -1 uncertain, nan unmentioned) and the boxes of all 29 regions.
 
-Everything is a pure function of ``(seed, split, index)``: example ``i`` is generated on its own,
-from independent numpy Generators seeded with ``[seed, split_code(split), index, stream]``, so a
+Everything is a pure function of `(seed, split, index)`: example `i` is generated on its own,
+from independent numpy Generators seeded with `[seed, split_code(split), index, stream]`, so a
 split can be produced in any order or in parallel. Rendering is vectorised numpy on cached
 coordinate grids.
 
-Entry points: ``generate_example``, ``generate_split``, ``findings_to_arrays``, ``as_tf_dataset``;
-``plan_example`` + ``render_plan`` give control over the findings of an example (e.g. render the
-same patient with and without a finding). ``python -m data_pipeline.phantoms --out DIR --n 8``
-writes PNGs and reports for a person to look at. numpy-only except ``as_tf_dataset`` (imports
+Entry points: `generate_example`, `generate_split`, `findings_to_arrays`, `as_tf_dataset`;
+`plan_example` + `render_plan` give control over the findings of an example (e.g. render the
+same patient with and without a finding). `python -m data_pipeline.phantoms --out DIR --n 8`
+writes PNGs and reports for a person to look at. numpy-only except `as_tf_dataset` (imports
 TensorFlow lazily).
 """
 
@@ -31,20 +31,20 @@ import functools
 import math
 import os
 import zlib
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from data_pipeline import anatomy
-from data_pipeline.labels import CHEXPERT_OBSERVATIONS
 from data_pipeline.anatomy import CHEST_IMAGENOME_REGIONS, ChestGeometry, Pose, region_id, side_sign
+from data_pipeline.labels import CHEXPERT_OBSERVATIONS
 
 # ----------------------------------------------------------------------------------------------
 # Vocabularies
 # ----------------------------------------------------------------------------------------------
 
-#: Finding kinds the phantom can draw; the index is the ``finding_id`` of the padded arrays.
-FINDING_NAMES: Tuple[str, ...] = (
+# Finding kinds the phantom can draw; the index is the `finding_id` of the padded arrays.
+FINDING_NAMES: tuple[str, ...] = (
   "nodule",  # nodule or, when large, mass
   "consolidation",
   "pleural_effusion",
@@ -54,14 +54,14 @@ FINDING_NAMES: Tuple[str, ...] = (
   "edema",
   "support_device",  # endotracheal tube, central venous catheter or pacemaker
 )
-FINDING_INDEX: Dict[str, int] = {name: i for i, name in enumerate(FINDING_NAMES)}
+FINDING_INDEX: dict[str, int] = {name: i for i, name in enumerate(FINDING_NAMES)}
 
-#: The 14 CheXpert observations in the standard order (label vector positions); one definition.
-CHEXPERT_LABELS: Tuple[str, ...] = CHEXPERT_OBSERVATIONS
-CHEXPERT_INDEX: Dict[str, int] = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
+# The 14 CheXpert observations in the standard order (label vector positions); one definition.
+CHEXPERT_LABELS: tuple[str, ...] = CHEXPERT_OBSERVATIONS
+CHEXPERT_INDEX: dict[str, int] = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
 
-#: The CheXpert observation each finding kind makes positive.
-FINDING_TO_CHEXPERT: Dict[str, str] = {
+# The CheXpert observation each finding kind makes positive.
+FINDING_TO_CHEXPERT: dict[str, str] = {
   "nodule": "Lung Lesion",
   "consolidation": "Consolidation",
   "pleural_effusion": "Pleural Effusion",
@@ -72,14 +72,14 @@ FINDING_TO_CHEXPERT: Dict[str, str] = {
   "support_device": "Support Devices",
 }
 
-#: Severity grades; 0 is used for findings without a grade (support devices) and for padding.
-SEVERITY_NAMES: Tuple[str, ...] = ("none", "mild", "moderate", "severe")
+# Severity grades; 0 is used for findings without a grade (support devices) and for padding.
+SEVERITY_NAMES: tuple[str, ...] = ("none", "mild", "moderate", "severe")
 
-#: Ground-truth rows per example in the padded arrays (3 findings, each at most bilateral).
+# Ground-truth rows per example in the padded arrays (3 findings, each at most bilateral).
 MAX_FINDINGS = 6
 
-#: Default relative frequency of each finding kind among abnormal studies.
-DEFAULT_FINDING_WEIGHTS: Tuple[Tuple[str, float], ...] = (
+# Default relative frequency of each finding kind among abnormal studies.
+DEFAULT_FINDING_WEIGHTS: tuple[tuple[str, float], ...] = (
   ("nodule", 1.0),
   ("consolidation", 1.0),
   ("pleural_effusion", 1.0),
@@ -106,7 +106,7 @@ class PhantomConfig:
     finding_weights: relative frequency of each kind among abnormal studies.
     noise_std_range: range of the per-image quantum-noise standard deviation (intensity units).
     max_shift, max_rotation_deg, scale_range: random pose of the patient.
-    same_patient_probability: chance that studies ``2k`` and ``2k+1`` belong to one patient.
+    same_patient_probability: chance that studies `2k` and `2k+1` belong to one patient.
     comparison_probability: chance of a comparison sentence in a first study (always in follow-ups).
     redaction_probability: chance of using a boilerplate variant with an IU-style "XXXX" redaction.
     hedge_probability: chance that a consolidation impression adds "may represent pneumonia"
@@ -117,11 +117,11 @@ class PhantomConfig:
   image_size: int = 256
   abnormal_probability: float = 0.65
   max_findings: int = 3
-  finding_weights: Tuple[Tuple[str, float], ...] = DEFAULT_FINDING_WEIGHTS
-  noise_std_range: Tuple[float, float] = (0.008, 0.028)
+  finding_weights: tuple[tuple[str, float], ...] = DEFAULT_FINDING_WEIGHTS
+  noise_std_range: tuple[float, float] = (0.008, 0.028)
   max_shift: float = 0.04
   max_rotation_deg: float = 6.0
-  scale_range: Tuple[float, float] = (0.9, 1.05)
+  scale_range: tuple[float, float] = (0.9, 1.05)
   same_patient_probability: float = 0.3
   comparison_probability: float = 0.2
   redaction_probability: float = 0.2
@@ -160,14 +160,14 @@ class PhantomConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FindingSpec:
-  """One finding placed in the phantom (canonical coordinates, see ``data_pipeline.anatomy``).
+  """One finding placed in the phantom (canonical coordinates, see `data_pipeline.anatomy`).
 
   Attributes:
-    kind: one of ``FINDING_NAMES``.
+    kind: one of `FINDING_NAMES`.
     side: 'right', 'left' or 'none' (midline / whole-heart findings).
     region: Chest ImaGenome region name where the finding is.
     severity: 0 (n/a), 1 mild/small, 2 moderate, 3 severe/large.
-    center: canonical ``(v, u)`` anchor: the lesion centre (nodule, consolidation, atelectasis),
+    center: canonical `(v, u)` anchor: the lesion centre (nodule, consolidation, atelectasis),
       the hilum (edema), the costophrenic angle (effusion), the lowest extent of the rim and
       the apex (pneumothorax), the heart centre, or the tip / generator (devices).
     size: kind-specific size: nodule/consolidation radius, effusion height, pneumothorax rim
@@ -184,7 +184,7 @@ class FindingSpec:
   side: str
   region: str
   severity: int
-  center: Tuple[float, float]
+  center: tuple[float, float]
   size: float
   variant: str = ""
   group: int = 0
@@ -220,7 +220,7 @@ class ExamplePlan:
   geometry: ChestGeometry
   pose: Pose
   style: ImageStyle
-  findings: Tuple[FindingSpec, ...]
+  findings: tuple[FindingSpec, ...]
 
   def effective_geometry(self) -> ChestGeometry:
     """The anatomy as drawn: the base geometry with cardiomegaly applied if present."""
@@ -265,10 +265,10 @@ def _sample_style(rng: np.random.Generator, config: PhantomConfig) -> ImageStyle
 def plan_example(
   index: int, *, split: str = "train", seed: int = 0, config: PhantomConfig = PhantomConfig()
 ) -> ExamplePlan:
-  """Draw the anatomy, pose, exposure and findings of example ``index`` of a split.
+  """Draw the anatomy, pose, exposure and findings of example `index` of a split.
 
-  Studies ``2k`` and ``2k+1`` share one patient (same anatomy, new pose and findings) with
-  probability ``config.same_patient_probability``; the odd one is then the follow-up study.
+  Studies `2k` and `2k+1` share one patient (same anatomy, new pose and findings) with
+  probability `config.same_patient_probability`; the odd one is then the follow-up study.
   """
   index = int(index)
   pair = index // 2
@@ -311,8 +311,8 @@ def plan_example(
 # ----------------------------------------------------------------------------------------------
 
 
-def _pick(rng: np.random.Generator, options: Sequence, weights: Optional[Sequence[float]] = None):
-  """One element of ``options`` (optionally weighted)."""
+def _pick(rng: np.random.Generator, options: Sequence, weights: Sequence[float] | None = None):
+  """One element of `options` (optionally weighted)."""
   if weights is None:
     return options[int(rng.integers(len(options)))]
   p = np.asarray(weights, dtype=np.float64)
@@ -335,10 +335,10 @@ def _place_in_zone(
   side: str,
   zone: str,
   margin: float,
-  taken: List[Tuple[float, float, float]],
+  taken: list[tuple[float, float, float]],
   tries: int = 40,
-) -> Tuple[float, float]:
-  """A canonical point inside a lung zone, ``margin`` inside the lung, off the heart and other
+) -> tuple[float, float]:
+  """A canonical point inside a lung zone, `margin` inside the lung, off the heart and other
   lesions."""
   v0, v1 = geometry.lung_zone_v(side, zone)
   sign = side_sign(side)
@@ -593,8 +593,8 @@ _SAMPLERS = {
 
 def sample_findings(
   rng: np.random.Generator, geometry: ChestGeometry, config: PhantomConfig = PhantomConfig()
-) -> Tuple[FindingSpec, ...]:
-  """Draw 0..``config.max_findings`` distinct finding kinds and place them in the anatomy."""
+) -> tuple[FindingSpec, ...]:
+  """Draw 0..`config.max_findings` distinct finding kinds and place them in the anatomy."""
   if config.max_findings == 0 or rng.random() >= config.abnormal_probability:
     return ()
   kinds = [k for k, w in config.finding_weights if w > 0]
@@ -604,8 +604,8 @@ def sample_findings(
   chosen = rng.choice(len(kinds), size=count, replace=False, p=weights / weights.sum())
   # Kinds are placed in the fixed FINDING_NAMES order; each lesion keeps clear of earlier ones.
   order = sorted(chosen, key=lambda i: FINDING_INDEX[kinds[i]])
-  taken: List[Tuple[float, float, float]] = []
-  specs: List[FindingSpec] = []
+  taken: list[tuple[float, float, float]] = []
+  specs: list[FindingSpec] = []
   for group, i in enumerate(order):
     specs.extend(_SAMPLERS[kinds[i]](rng, geometry, group, taken))
   return tuple(specs)
@@ -618,15 +618,15 @@ def sample_findings(
 
 @functools.lru_cache(maxsize=8)
 def _pixel_centres(size: int) -> np.ndarray:
-  """Normalised pixel-centre coordinates ``(i + 0.5) / size``."""
+  """Normalised pixel-centre coordinates `(i + 0.5) / size`."""
   return ((np.arange(size, dtype=np.float32) + 0.5) / size).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=16)
-def _smooth_taps(size: int, grid: int, taps: int = 4) -> Tuple[np.ndarray, np.ndarray]:
-  """Gaussian interpolation from ``grid`` cells to ``size`` pixels along one axis, as sparse taps.
+def _smooth_taps(size: int, grid: int, taps: int = 4) -> tuple[np.ndarray, np.ndarray]:
+  """Gaussian interpolation from `grid` cells to `size` pixels along one axis, as sparse taps.
 
-  Returns ``index`` int [taps, size] (the nearest cells) and ``weight`` float32 [taps, size],
+  Returns `index` int [taps, size] (the nearest cells) and `weight` float32 [taps, size],
   scaled so that interpolating unit white noise along both axes gives unit variance.
   """
   x = (np.arange(size) + 0.5) / size * grid - 0.5  # pixel centres in cell units
@@ -638,9 +638,9 @@ def _smooth_taps(size: int, grid: int, taps: int = 4) -> Tuple[np.ndarray, np.nd
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, grid: int) -> np.ndarray:
-  """Unit-variance smooth Gaussian noise with features about ``size / grid`` pixels across.
+  """Unit-variance smooth Gaussian noise with features about `size / grid` pixels across.
 
-  White noise on a ``grid x grid`` lattice, interpolated with a separable truncated Gaussian:
+  White noise on a `grid x grid` lattice, interpolated with a separable truncated Gaussian:
   a few gathers and multiply-adds, no BLAS call (which is slow when cores are contended).
   """
   cells = rng.standard_normal((grid, grid), dtype=np.float32)
@@ -658,7 +658,7 @@ _LUNG_EDGE = 0.02  # width of the soft edge of the lung fields, canonical units
 
 
 def _clip01(x: np.ndarray) -> np.ndarray:
-  """Clip to [0, 1] in place (cheaper than ``np.clip`` on the many small calls of a phantom)."""
+  """Clip to [0, 1] in place (cheaper than `np.clip` on the many small calls of a phantom)."""
   np.maximum(x, 0.0, out=x)
   return np.minimum(x, 1.0, out=x)
 
@@ -666,7 +666,7 @@ def _clip01(x: np.ndarray) -> np.ndarray:
 def _ramp(x, width: float) -> np.ndarray:
   """Soft step: 0 for x <= -width/2, 1 for x >= width/2, linear between (a new array).
 
-  A negative ``width`` gives the falling step of ``-x`` without computing ``-x``.
+  A negative `width` gives the falling step of `-x` without computing `-x`.
   """
   out = x * (1.0 / width)
   out += 0.5
@@ -674,11 +674,11 @@ def _ramp(x, width: float) -> np.ndarray:
 
 
 def _polyline_distance(
-  v: np.ndarray, u: np.ndarray, points: Sequence[Tuple[float, float]]
+  v: np.ndarray, u: np.ndarray, points: Sequence[tuple[float, float]]
 ) -> np.ndarray:
-  """Distance from every ``(v, u)`` to a polyline through canonical ``points``."""
+  """Distance from every `(v, u)` to a polyline through canonical `points`."""
   best = None
-  for (v0, u0), (v1, u1) in zip(points[:-1], points[1:]):
+  for (v0, u0), (v1, u1) in zip(points[:-1], points[1:], strict=True):
     dv, du = v1 - v0, u1 - u0
     length2 = max(dv * dv + du * du, 1e-12)
     t = _clip01(((v - v0) * dv + (u - u0) * du) * (1.0 / length2))
@@ -687,7 +687,7 @@ def _polyline_distance(
   return np.sqrt(best)
 
 
-def _bezier(p0, p1, p2, p3, n: int = 12) -> List[Tuple[float, float]]:
+def _bezier(p0, p1, p2, p3, n: int = 12) -> list[tuple[float, float]]:
   """Points of a cubic Bezier curve (for catheters and pacemaker leads)."""
   t = np.linspace(0.0, 1.0, n)[:, None]
   pts = (
@@ -703,7 +703,7 @@ class _Canvas:
   """One posed image grid: canonical coordinates of its pixels and the layers being drawn.
 
   Coordinates are affine in the pixel indices, so they are kept as two 1-D vectors and only
-  expanded for the window being drawn (``coords``).
+  expanded for the window being drawn (`coords`).
   """
 
   def __init__(self, size: int, geometry: ChestGeometry, pose: Pose):
@@ -717,18 +717,18 @@ class _Canvas:
     self.dx = ((centres - 0.5 - pose.shift_x) * inv).astype(np.float32)
     self.pixel = inv / size  # canonical length of one pixel
     self.findings = np.zeros((size, size), np.float32)
-    self.vessels: Optional[np.ndarray] = None  # lung vessel map (full-resolution canvas only)
+    self.vessels: np.ndarray | None = None  # lung vessel map (full-resolution canvas only)
 
-  def coords(self, window=None) -> Tuple[np.ndarray, np.ndarray]:
-    """Canonical ``(v, u)`` arrays of the pixels of ``window`` (the whole image if None)."""
+  def coords(self, window=None) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical `(v, u)` arrays of the pixels of `window` (the whole image if None)."""
     dy = self.dy[:, None] if window is None else self.dy[window[0]][:, None]
     dx = self.dx[None, :] if window is None else self.dx[window[1]][None, :]
     v = (0.5 + self.cos * dy) + self.sin * dx
     u = (0.5 - self.sin * dy) + self.cos * dx
     return v, u
 
-  def window(self, box, margin: float = 0.0) -> Optional[Tuple[slice, slice]]:
-    """Pixel slices covering a canonical box ``[v0, u0, v1, u1]`` (grown by ``margin``) after
+  def window(self, box, margin: float = 0.0) -> tuple[slice, slice] | None:
+    """Pixel slices covering a canonical box `[v0, u0, v1, u1]` (grown by `margin`) after
     pose."""
     v0, u0, v1, u1 = box
     y0, x0, y1, x1 = self.pose.box_to_image(
@@ -742,7 +742,7 @@ class _Canvas:
     return slice(r0, r1), slice(c0, c1)
 
   def lung_mask(self, side: str, window) -> np.ndarray:
-    """Soft mask (0..1) of the lung field of ``side`` inside a pixel window."""
+    """Soft mask (0..1) of the lung field of `side` inside a pixel window."""
     v, u = self.coords(window)
     return _ramp(-self.geometry.lung_signed_distance(v, u, side), _LUNG_EDGE)
 
@@ -751,8 +751,8 @@ class _Canvas:
     images."""
     return max(width, 0.8 * self.pixel)
 
-  def stroke(self, points: Sequence[Tuple[float, float]], width: float):
-    """A line of Gaussian profile (peak 1) along a canonical polyline: ``(window, values)`` or None.
+  def stroke(self, points: Sequence[tuple[float, float]], width: float):
+    """A line of Gaussian profile (peak 1) along a canonical polyline: `(window, values)` or None.
 
     Each segment is evaluated only in its own small window and combined by maximum, so a long
     catheter costs little more than its own pixels.
@@ -764,7 +764,7 @@ class _Canvas:
     if union is None:
       return None
     line = np.zeros((union[0].stop - union[0].start, union[1].stop - union[1].start), np.float32)
-    for p, q in zip(points[:-1], points[1:]):
+    for p, q in zip(points[:-1], points[1:], strict=True):
       window = self.window(
         (min(p[0], q[0]), min(p[1], q[1]), max(p[0], q[0]), max(p[1], q[1])), margin=reach
       )
@@ -780,7 +780,7 @@ class _Canvas:
     return union, line
 
   def pixel_box(self, window, contribution: np.ndarray, fraction: float):
-    """Normalised image box of the pixels where ``contribution`` exceeds ``fraction`` of its
+    """Normalised image box of the pixels where `contribution` exceeds `fraction` of its
     peak."""
     magnitude = np.abs(contribution)
     peak = float(magnitude.max()) if magnitude.size else 0.0
@@ -798,7 +798,7 @@ class _Canvas:
     )
 
 
-def _draw_anatomy(canvas: _Canvas, style: ImageStyle) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _draw_anatomy(canvas: _Canvas, style: ImageStyle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Attenuation map of the normal chest, the lung air map, and where vessel markings show.
 
   Bright means dense: soft tissue everywhere inside the body, minus air in the lungs and trachea,
@@ -943,7 +943,7 @@ _VESSEL_HILUM = ((0.42, 0.4), (0.42, 0.6))  # bank-frame hila (v, u) of the righ
 def _draw_vessel_tree(
   bank_map: np.ndarray,
   rng: np.random.Generator,
-  start: Tuple[float, float],
+  start: tuple[float, float],
   direction: float,
   length: float,
   width: float,
@@ -959,7 +959,7 @@ def _draw_vessel_tree(
     heading += bend / 3.0
     v0, u0 = v0 + math.sin(heading) * length / 3.0, u0 + math.cos(heading) * length / 3.0
     points.append((v0, u0))
-  vs, us = zip(*points)
+  vs, us = zip(*points, strict=True)
   pad = 3.0 * width
   r0, r1 = max(int((min(vs) - pad) * size), 0), min(int((max(vs) + pad) * size) + 2, size)
   c0, c1 = max(int((min(us) - pad) * size), 0), min(int((max(us) + pad) * size) + 2, size)
@@ -984,15 +984,15 @@ def _draw_vessel_tree(
 
 @functools.lru_cache(maxsize=4)
 def _vessel_bank(resolution: int) -> np.ndarray:
-  """``[8, R, R]`` maps of pulmonary vessel trees branching out of both hila (fixed seed, cached).
+  """`[8, R, R]` maps of pulmonary vessel trees branching out of both hila (fixed seed, cached).
 
   Drawing trees segment by segment is too slow per image, so a few are drawn once per process
-  and every image samples one through its own anatomy and pose (see ``_vessel_map``).
+  and every image samples one through its own anatomy and pose (see `_vessel_map`).
   """
   rng = np.random.default_rng(20210927)
   bank = np.zeros((_VESSEL_BANK_SIZE, resolution, resolution), np.float32)
   for k in range(_VESSEL_BANK_SIZE):
-    for (hv, hu), outward in zip(_VESSEL_HILUM, (math.pi, 0.0)):
+    for (hv, hu), outward in zip(_VESSEL_HILUM, (math.pi, 0.0), strict=True):
       for angle in np.linspace(-1.35, 1.35, 7) + rng.uniform(-0.12, 0.12, 7):
         # Fan out from the hilum: upwards, outwards and downwards, never into the mediastinum.
         direction = outward + angle if outward == 0.0 else outward - angle
@@ -1146,7 +1146,6 @@ def _render_pneumothorax(canvas: _Canvas, spec: FindingSpec, style: ImageStyle):
 
 def _render_edema(canvas: _Canvas, spec: FindingSpec, style: ImageStyle):
   """Perihilar haze spreading outwards, with indistinct, prominent vessels."""
-  g = canvas.geometry
   hv, hu = spec.center
   sigma = spec.size
   window = canvas.window((hv - 2.2 * sigma, hu - 2.6 * sigma, hv + 2.2 * sigma, hu + 2.6 * sigma))
@@ -1309,7 +1308,7 @@ class Rendering:
   """A rendered image with the image-space box of each finding of the plan (same order)."""
 
   image: np.ndarray  # uint8 [S, S, 1]
-  finding_boxes: Tuple[Tuple[float, float, float, float], ...]
+  finding_boxes: tuple[tuple[float, float, float, float], ...]
   region_boxes: np.ndarray  # float32 [29, 4]
 
 
@@ -1335,7 +1334,7 @@ def _upsample2(image: np.ndarray) -> np.ndarray:
 
 
 def _smooth_curve(rng: np.random.Generator, size: int, knots: int) -> np.ndarray:
-  """A smooth random 1-D profile of unit variance over ``size`` samples (``knots`` control
+  """A smooth random 1-D profile of unit variance over `size` samples (`knots` control
   points)."""
   index, weight = _smooth_taps(size, knots)
   values = rng.standard_normal(knots).astype(np.float32)
@@ -1346,12 +1345,12 @@ _UNIFORM_BYTE_STD = math.sqrt((256.0**2 - 1.0) / 12.0)  # std of a uniform signe
 
 
 def render_plan(plan: ExamplePlan, image_size: int = 256) -> Rendering:
-  """Draw the radiograph of ``plan`` at ``image_size`` pixels and measure its findings' boxes.
+  """Draw the radiograph of `plan` at `image_size` pixels and measure its findings' boxes.
 
   The smooth anatomy, the exposure window, gamma and shading are computed at half resolution
   (for images of 160 px and more) and upsampled; vessels, findings, devices and noise are drawn
   at full resolution on top. Noise comes from the example's own stream, so changing
-  ``plan.findings`` changes only the pixels the findings touch.
+  `plan.findings` changes only the pixels the findings touch.
   """
   geometry = plan.effective_geometry()
   style = plan.style
@@ -1420,9 +1419,9 @@ class Mention:
   spans)."""
 
   words: str
-  span: Tuple[int, int]
+  span: tuple[int, int]
   term: str
-  term_span: Tuple[int, int]
+  term_span: tuple[int, int]
   severity_word: str
 
 
@@ -1434,7 +1433,7 @@ class Report:
   findings_text: str
   impression_text: str
   labels: np.ndarray  # float32 [14]
-  mentions: Dict[int, Mention]  # finding group -> mention in the findings section
+  mentions: dict[int, Mention]  # finding group -> mention in the findings section
 
 
 @dataclasses.dataclass
@@ -1632,16 +1631,16 @@ def _phrase_for(group: Sequence[FindingSpec], rng: np.random.Generator) -> _Phra
 
 
 def _article(word: str) -> str:
-  """'a' or 'an' before ``word``."""
+  """'a' or 'an' before `word`."""
   return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def _capitalize(text: str) -> str:
-  """Upper-case the first character only (``str.capitalize`` would lower-case the rest)."""
+  """Upper-case the first character only (`str.capitalize` would lower-case the rest)."""
   return text[:1].upper() + text[1:]
 
 
-def _wrap_positive(phrase: _Phrase, rng: np.random.Generator, followup: bool) -> Tuple[str, int]:
+def _wrap_positive(phrase: _Phrase, rng: np.random.Generator, followup: bool) -> tuple[str, int]:
   """Put a finding phrase into a findings-section sentence; returns the sentence and phrase
   offset."""
   p = phrase.text
@@ -1791,7 +1790,7 @@ _VIEWS = (
 )
 
 
-def _labels_in_phrase(text: str) -> List[str]:
+def _labels_in_phrase(text: str) -> list[str]:
   """Secondary observations a positive phrase asserts besides its kind (e.g. 'opacity')."""
   lowered = text.lower()
   found = []
@@ -1804,7 +1803,7 @@ def _labels_in_phrase(text: str) -> List[str]:
 
 def _eligible(
   statements, present_kinds, labels
-) -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:
+) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
   """Statements that neither negate an asserted observation nor contradict a present finding."""
   out = []
   for text, negated, contradicts in statements:
@@ -1829,9 +1828,9 @@ def _redundant(statement, chosen: Sequence[str], labels: np.ndarray) -> bool:
   return False
 
 
-def _groups(findings: Sequence[FindingSpec]) -> List[List[FindingSpec]]:
+def _groups(findings: Sequence[FindingSpec]) -> list[list[FindingSpec]]:
   """Findings grouped into observations (bilateral findings together), in plan order."""
-  by_group: Dict[int, List[FindingSpec]] = {}
+  by_group: dict[int, list[FindingSpec]] = {}
   for spec in findings:
     by_group.setdefault(spec.group, []).append(spec)
   return list(by_group.values())
@@ -1878,7 +1877,7 @@ def write_report(plan: ExamplePlan, config: PhantomConfig = PhantomConfig()) -> 
     "pneumothorax": "pleura",
     "support_device": "devices",
   }
-  positives: Dict[str, List[Tuple[str, int, _Phrase, int]]] = {}
+  positives: dict[str, list[tuple[str, int, _Phrase, int]]] = {}
   for group in groups:
     spec = group[0]
     phrase = _phrase_for(group, rng)
@@ -1900,7 +1899,7 @@ def write_report(plan: ExamplePlan, config: PhantomConfig = PhantomConfig()) -> 
     if group[0].kind == "support_device"
   ]
 
-  chosen: List[str] = []
+  chosen: list[str] = []
 
   def choose(statements):
     """Pick one eligible statement that says something not said yet; apply its negations."""
@@ -1917,7 +1916,7 @@ def write_report(plan: ExamplePlan, config: PhantomConfig = PhantomConfig()) -> 
 
   redact = rng.random() < config.redaction_probability
   negate = config.negation_probability
-  topics: Dict[str, List[str]] = {"heart": [], "lungs": [], "pleura": [], "bones": []}
+  topics: dict[str, list[str]] = {"heart": [], "lungs": [], "pleura": [], "bones": []}
   if "cardiomegaly" not in present:
     if rng.random() < 0.95:
       topics["heart"].append(
@@ -1945,7 +1944,7 @@ def write_report(plan: ExamplePlan, config: PhantomConfig = PhantomConfig()) -> 
 
   # Assemble the findings section: opening, device lines, then heart / lungs / pleura in a
   # varied order (positives lead their topic more often than not), bones last.
-  pieces: List[Tuple[str, Optional[Tuple[int, _Phrase, int]]]] = []
+  pieces: list[tuple[str, tuple[int, _Phrase, int] | None]] = []
   if plan.is_followup or rng.random() < config.comparison_probability:
     pieces.append((_pick(rng, _COMPARISONS_REDACTED if redact else _COMPARISONS), None))
   if rng.random() < 0.12:
@@ -1960,8 +1959,8 @@ def write_report(plan: ExamplePlan, config: PhantomConfig = PhantomConfig()) -> 
     negative = [(t, None) for t in topics.get(topic, [])]
     block = positive + negative if rng.random() < 0.75 else negative + positive
     pieces.extend(block)
-  mentions: Dict[int, Mention] = {}
-  findings_parts: List[str] = []
+  mentions: dict[int, Mention] = {}
+  findings_parts: list[str] = []
   cursor = 0
   for sentence, where in pieces:
     if where is not None:
@@ -2008,10 +2007,10 @@ def write_report(plan: ExamplePlan, config: PhantomConfig = PhantomConfig()) -> 
 # ----------------------------------------------------------------------------------------------
 
 
-def _finding_records(plan: ExamplePlan, rendering: Rendering, report: Report) -> List[Dict]:
+def _finding_records(plan: ExamplePlan, rendering: Rendering, report: Report) -> list[dict]:
   """Ground-truth records (one per finding spec) joining placement, box and report mention."""
   records = []
-  for spec, box in zip(plan.findings, rendering.finding_boxes):
+  for spec, box in zip(plan.findings, rendering.finding_boxes, strict=True):
     mention = report.mentions[spec.group]
     records.append(
       {
@@ -2036,8 +2035,8 @@ def _finding_records(plan: ExamplePlan, rendering: Rendering, report: Report) ->
   return records
 
 
-def example_from_plan(plan: ExamplePlan, config: PhantomConfig = PhantomConfig()) -> Dict:
-  """Render and write one planned study into an example dict (see ``generate_example``)."""
+def example_from_plan(plan: ExamplePlan, config: PhantomConfig = PhantomConfig()) -> dict:
+  """Render and write one planned study into an example dict (see `generate_example`)."""
   rendering = render_plan(plan, config.image_size)
   report = write_report(plan, config)
   return {
@@ -2057,28 +2056,28 @@ def example_from_plan(plan: ExamplePlan, config: PhantomConfig = PhantomConfig()
 
 def generate_example(
   index: int, *, split: str = "train", seed: int = 0, config: PhantomConfig = PhantomConfig()
-) -> Dict:
-  """Example ``index`` of a split, independent of every other example.
+) -> dict:
+  """Example `index` of a split, independent of every other example.
 
-  Returns a dict with the contract keys ``image`` (uint8 [S, S, 1]), ``text`` (findings then
-  impression), ``study_id``, ``patient_id``, ``labels`` (float32 [14], CheXpert order), plus
-  ``findings`` (list of ground-truth dicts: name, finding_id, region, region_id, box [y0, x0, y1,
+  Returns a dict with the contract keys `image` (uint8 [S, S, 1]), `text` (findings then
+  impression), `study_id`, `patient_id`, `labels` (float32 [14], CheXpert order), plus
+  `findings` (list of ground-truth dicts: name, finding_id, region, region_id, box [y0, x0, y1,
   x1], severity, severity_name, severity_word, side, variant, group, words, span, term, term_span,
-  chexpert), ``region_boxes`` (float32 [29, 4]), ``findings_text``, ``impression_text``, ``index``
-  and ``split``.
+  chexpert), `region_boxes` (float32 [29, 4]), `findings_text`, `impression_text`, `index`
+  and `split`.
   """
   return example_from_plan(plan_example(index, split=split, seed=seed, config=config), config)
 
 
 def findings_to_arrays(
   findings: Sequence[Mapping], max_findings: int = MAX_FINDINGS
-) -> Dict[str, np.ndarray]:
+) -> dict[str, np.ndarray]:
   """Fixed-size, padded ground truth of one example, for tf.data and evaluators.
 
-  Returns ``finding_id`` int32 [M] (-1 padding), ``finding_region`` int32 [M] (-1),
-  ``finding_box`` float32 [M, 4], ``finding_severity`` int32 [M], ``finding_span`` and
-  ``finding_term_span`` int32 [M, 2] (character offsets into ``text``; 0 padding) and
-  ``finding_valid`` bool [M].
+  Returns `finding_id` int32 [M] (-1 padding), `finding_region` int32 [M] (-1),
+  `finding_box` float32 [M, 4], `finding_severity` int32 [M], `finding_span` and
+  `finding_term_span` int32 [M, 2] (character offsets into `text`; 0 padding) and
+  `finding_valid` bool [M].
   """
   if len(findings) > max_findings:
     raise ValueError(f"{len(findings)} findings do not fit in {max_findings} padded rows")
@@ -2109,12 +2108,12 @@ def generate_split(
   seed: int = 0,
   config: PhantomConfig = PhantomConfig(),
   start: int = 0,
-) -> Dict:
-  """Examples ``start .. start + n - 1`` of a split, stacked.
+) -> dict:
+  """Examples `start .. start + n - 1` of a split, stacked.
 
-  Returns numpy arrays ``image`` uint8 [n, S, S, 1], ``labels`` float32 [n, 14], ``region_boxes``
-  float32 [n, 29, 4], ``index`` int32 [n], the padded ``finding_*`` arrays [n, MAX_FINDINGS, ...],
-  and lists ``text``, ``study_id``, ``patient_id``, ``findings`` (the ground-truth dicts).
+  Returns numpy arrays `image` uint8 [n, S, S, 1], `labels` float32 [n, 14], `region_boxes`
+  float32 [n, 29, 4], `index` int32 [n], the padded `finding_*` arrays [n, MAX_FINDINGS, ...],
+  and lists `text`, `study_id`, `patient_id`, `findings` (the ground-truth dicts).
   """
   examples = [generate_example(start + i, split=split, seed=seed, config=config) for i in range(n)]
   size = config.image_size
@@ -2144,8 +2143,8 @@ def generate_split(
   return out
 
 
-#: Keys, dtypes and shapes (``S`` stands for the image size) of each ``as_tf_dataset`` element.
-TF_FEATURES: Tuple[Tuple[str, str, Tuple], ...] = (
+# Keys, dtypes and shapes (`S` stands for the image size) of each `as_tf_dataset` element.
+TF_FEATURES: tuple[tuple[str, str, tuple], ...] = (
   ("image", "uint8", ("S", "S", 1)),
   ("text", "string", ()),
   ("study_id", "string", ()),
@@ -2163,8 +2162,8 @@ TF_FEATURES: Tuple[Tuple[str, str, Tuple], ...] = (
 )
 
 
-def example_to_features(example: Mapping) -> Dict[str, np.ndarray]:
-  """The flat, fixed-shape numpy features of one example (the ``as_tf_dataset`` element)."""
+def example_to_features(example: Mapping) -> dict[str, np.ndarray]:
+  """The flat, fixed-shape numpy features of one example (the `as_tf_dataset` element)."""
   features = {
     "image": example["image"],
     "text": np.bytes_(example["text"].encode("utf-8")),
@@ -2184,12 +2183,12 @@ def as_tf_dataset(
   split: str = "train",
   seed: int = 0,
   config: PhantomConfig = PhantomConfig(),
-  num_parallel_calls: Optional[int] = None,
+  num_parallel_calls: int | None = None,
 ):
-  """A deterministic ``tf.data.Dataset`` of ``n`` contract examples (keys in ``TF_FEATURES``).
+  """A deterministic `tf.data.Dataset` of `n` contract examples (keys in `TF_FEATURES`).
 
-  Elements are generated lazily (``Dataset.range(n).map`` over ``tf.numpy_function``), in index
-  order even when mapped in parallel, and equal ``example_to_features(generate_example(i, ...))``.
+  Elements are generated lazily (`Dataset.range(n).map` over `tf.numpy_function`), in index
+  order even when mapped in parallel, and equal `example_to_features(generate_example(i, ...))`.
   """
   import tensorflow as tf  # deferred: the generator itself needs only numpy
 
@@ -2199,17 +2198,17 @@ def as_tf_dataset(
   shapes = [tuple(size if d == "S" else d for d in shape) for _, _, shape in TF_FEATURES]
 
   def make(index):
-    """The flat features of one example, as a tuple in ``TF_FEATURES`` order."""
+    """The flat features of one example, as a tuple in `TF_FEATURES` order."""
     features = example_to_features(
       generate_example(int(index), split=split, seed=seed, config=config)
     )
     return tuple(features[key] for key in keys)
 
   def to_dict(index):
-    """Graph-side wrapper: call ``make`` and restore the static shapes."""
+    """Graph-side wrapper: call `make` and restore the static shapes."""
     values = tf.numpy_function(make, [index], dtypes, stateful=False)
     out = {}
-    for key, value, shape in zip(keys, values, shapes):
+    for key, value, shape in zip(keys, values, shapes, strict=True):
       value.set_shape(shape)
       out[key] = value
     return out
@@ -2224,7 +2223,7 @@ def as_tf_dataset(
 
 
 def _draw_boxes(image: np.ndarray, findings: Sequence[Mapping]):
-  """An RGB copy of ``image`` with each finding's box and label drawn (a PIL image)."""
+  """An RGB copy of `image` with each finding's box and label drawn (a PIL image)."""
   from PIL import Image, ImageDraw
 
   rgb = Image.fromarray(image[..., 0]).convert("RGB")
@@ -2254,8 +2253,8 @@ def write_preview(
   seed: int = 0,
   config: PhantomConfig = PhantomConfig(),
   start: int = 0,
-) -> List[str]:
-  """Write ``NNNNN.png`` (the image), ``NNNNN_boxes.png`` (ground truth drawn) and ``NNNNN.txt``.
+) -> list[str]:
+  """Write `NNNNN.png` (the image), `NNNNN_boxes.png` (ground truth drawn) and `NNNNN.txt`.
 
   The text file holds the ids, the report, the labels and the ground-truth findings. Returns the
   written image paths.
@@ -2271,7 +2270,7 @@ def write_preview(
     _draw_boxes(example["image"], example["findings"]).save(stem + "_boxes.png")
     labels = ", ".join(
       f"{name}={value:g}"
-      for name, value in zip(CHEXPERT_LABELS, example["labels"])
+      for name, value in zip(CHEXPERT_LABELS, example["labels"], strict=True)
       if not np.isnan(value)
     )
     lines = [
@@ -2294,7 +2293,7 @@ def write_preview(
   return paths
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   """Command line: write a few phantoms, their ground truth drawn, and their reports to a folder."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True, help="folder to write PNGs and reports into")

@@ -1,8 +1,8 @@
 """SentencePiece tokenizer for radiology reports, with the token ids fixed by docs/contracts.md.
 
 Ids: PAD = 0, UNK = 1, BOS = 2 (plays [CLS]), EOS = 3, MASK = 4 ('[MASK]', a user-defined symbol).
-A sequence of fixed length L is ``[BOS] w1 .. wn [EOS] [PAD] ..``; truncation drops words, never the
-``[EOS]``. The same text normaliser runs at training time, in the tf.data graph and in eager numpy
+A sequence of fixed length L is `[BOS] w1 .. wn [EOS] [PAD] ..`; truncation drops words, never the
+`[EOS]`. The same text normaliser runs at training time, in the tf.data graph and in eager numpy
 code, so the three agree id for id.
 
 Command line (one report per line in a text file, or columns of a CSV joined by '+')::
@@ -156,7 +156,7 @@ class Tokenizer:
   # --- construction and persistence -------------------------------------------------------------
 
   @classmethod
-  def train(cls, texts: Iterable[str], *, max_len: int = 160, **train_kwargs) -> "Tokenizer":
+  def train(cls, texts: Iterable[str], *, max_len: int = 160, **train_kwargs) -> Tokenizer:
     """Trains a model on `texts` (see `train_sentencepiece` for the keyword arguments)."""
     return cls(train_sentencepiece(texts, **train_kwargs), max_len=max_len)
 
@@ -184,7 +184,7 @@ class Tokenizer:
     return directory
 
   @classmethod
-  def load(cls, directory: str | os.PathLike) -> "Tokenizer":
+  def load(cls, directory: str | os.PathLike) -> Tokenizer:
     """Reads a tokenizer written by `save`; refuses one made with a different normaliser."""
     directory = os.fspath(directory)
     with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILENAME)) as f:

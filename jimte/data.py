@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import ml_collections
-import numpy as np
 from jax.experimental import multihost_utils
 
 from data_pipeline import input as input_lib
@@ -40,7 +39,7 @@ class DataBundle:
 
   # ---------------------------------------------------------------------------------------------
   @classmethod
-  def create(cls, config: ml_collections.ConfigDict, workdir: str) -> "DataBundle":
+  def create(cls, config: ml_collections.ConfigDict, workdir: str) -> DataBundle:
     dc = config.data
     splits = [dc.train_split] + sorted(
       {dc.eval_split, *(e.get("split", dc.eval_split) for e in config.evals.values())}

@@ -1,19 +1,20 @@
 """JoImTeRNet objectives as pure JAX functions of the two towers' embeddings.
 
-The math is the contract written in ``design/losses.md``: every score matrix has rows = images and
-columns = texts; cosines divide by ``max(|x| |y|, 1e-8)``; the word score Z(a, b) is the log-sum-exp
-of ``gamma2 * cos(word, attended context)`` over the valid words of text b (no ``1 / gamma2``).
+The math is the contract written in `design/losses.md`: every score matrix has rows = images and
+columns = texts; cosines divide by `max(|x| |y|, 1e-8)`; the word score Z(a, b) is the log-sum-exp
+of `gamma2 * cos(word, attended context)` over the valid words of text b (no `1 / gamma2`).
 
-The expensive part is Z for every (image, text) pair. :func:`region_word_scores` computes it in
+The expensive part is Z for every (image, text) pair. `region_word_scores` computes it in
 blocks of texts with a hand-written backward pass that recomputes each block, so memory stays
 linear in the batch while every heavy contraction is one large GEMM. Nothing here knows about
-devices or sharding; ``jimte.parallel`` composes these functions over a global batch.
+devices or sharding; `jimte.parallel` composes these functions over a global batch.
 """
 
 from __future__ import annotations
 
 import types
-from typing import Literal, Mapping, NamedTuple, Optional, Tuple, Union
+from collections.abc import Mapping
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,16 +22,16 @@ from jax import lax
 
 Array = jax.Array
 
-#: Lower bound on the product of norms in every cosine (as in the original code).
+# Lower bound on the product of norms in every cosine (as in the original code).
 COSINE_EPS = 1e-8
 
-#: Z of a text without a single valid word. log of an empty sum would be -inf (and NaN in the CE);
-#: this finite stand-in loses every comparison, yields zero gradient to the features, and cannot
-#: overflow after ``gamma3`` scaling. Tokenized reports always keep [EOS], so it only guards edge
-#: cases.
+# Z of a text without a single valid word. log of an empty sum would be -inf (and NaN in the CE);
+# this finite stand-in loses every comparison, yields zero gradient to the features, and cannot
+# overflow after `gamma3` scaling. Tokenized reports always keep [EOS], so it only guards edge
+# cases.
 EMPTY_TEXT_SCORE = -1.0e4
 
-#: The eight ITM terms, in the order they are reported.
+# The eight ITM terms, in the order they are reported.
 TERM_NAMES = (
   "sentence_ce_i2t",
   "sentence_ce_t2i",
@@ -42,23 +43,23 @@ TERM_NAMES = (
   "word_triplet_t2i",
 )
 
-#: Weights of the original JoImTeRNet: 1.0 on the cross-entropy terms, 2.0 on the triplets.
+# Weights of the original JoImTeRNet: 1.0 on the cross-entropy terms, 2.0 on the triplets.
 DEFAULT_WEIGHTS: Mapping[str, float] = types.MappingProxyType(
   {name: (2.0 if "triplet" in name else 1.0) for name in TERM_NAMES}
 )
 
-#: Elements of one [images, regions, texts, words] block tensor that the automatic block size aims
-#: for, per backend. CPU: 16 MiB in float32, big enough for full-speed GEMMs and close to the
-#: caches. Accelerators: 256 MiB, since wider blocks keep a GPU busy (measured on an H100: B=128
-#: runs 1.8x faster with 8 texts per block than with 1) and a handful of such tensors fits in HBM.
+# Elements of one [images, regions, texts, words] block tensor that the automatic block size aims
+# for, per backend. CPU: 16 MiB in float32, big enough for full-speed GEMMs and close to the
+# caches. Accelerators: 256 MiB, since wider blocks keep a GPU busy (measured on an H100: B=128
+# runs 1.8x faster with 8 texts per block than with 1) and a handful of such tensors fits in HBM.
 _BLOCK_ELEMENT_BUDGET = {"cpu": 1 << 22}
 _ACCELERATOR_BLOCK_ELEMENT_BUDGET = 1 << 26
 
-#: Below this gamma1 the region softmax needs no max-shift: exp(gamma1 * Q) <= exp(gamma1), Q in [0,
-#: 1].
+# Below this gamma1 the region softmax needs no max-shift: exp(gamma1 * Q) <= exp(gamma1), Q in [0,
+# 1].
 _UNSHIFTED_REGION_SOFTMAX_MAX_GAMMA = 30.0
 
-Negatives = Union[Array, Tuple[Array, Array]]
+Negatives = Array | tuple[Array, Array]
 ContextMethod = Literal["auto", "gram", "direct"]
 
 
@@ -73,14 +74,14 @@ def _stats_dtype(*dtypes) -> jnp.dtype:
 
 
 def _norm(x: Array, axis: int = -1) -> Array:
-  """Euclidean norm along ``axis`` whose gradient at a zero vector is 0 rather than NaN."""
+  """Euclidean norm along `axis` whose gradient at a zero vector is 0 rather than NaN."""
   sq_norm = jnp.sum(x * x, axis=axis)
   positive = sq_norm > 0
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq_norm, 1.0)), 0.0)
 
 
 def cosine_matrix(x: Array, y: Array) -> Array:
-  """All-pairs cosine [A, B] of x [A, D] and y [B, D], with ``max(|x||y|, 1e-8)`` below."""
+  """All-pairs cosine [A, B] of x [A, D] and y [B, D], with `max(|x||y|, 1e-8)` below."""
   dtype = _stats_dtype(x.dtype, y.dtype)
   x = x.astype(dtype)
   y = y.astype(dtype)
@@ -105,9 +106,9 @@ def _same_study_off_diagonal(study_ids: Array) -> Array:
 
 
 def _masked_softmax(x: Array, mask: Array, axis: int) -> Array:
-  """Softmax along ``axis`` over entries where ``mask``; masked entries get exactly 0.
+  """Softmax along `axis` over entries where `mask`; masked entries get exactly 0.
 
-  An all-masked slice gives all zeros rather than NaN. ``jnp.where`` (never multiplication)
+  An all-masked slice gives all zeros rather than NaN. `jnp.where` (never multiplication)
   keeps inf/garbage in masked entries out of values and gradients.
   """
   x = jnp.where(mask, x, -jnp.inf)
@@ -131,7 +132,7 @@ def _region_softmax(q: Array, gamma1: float, axis: int) -> Array:
 
 
 def _masked_logsumexp(x: Array, mask: Array, axis: int) -> Array:
-  """log sum exp over the valid entries along ``axis``; EMPTY_TEXT_SCORE where none is valid."""
+  """log sum exp over the valid entries along `axis`; EMPTY_TEXT_SCORE where none is valid."""
   mask = jnp.broadcast_to(mask, x.shape)
   x = jnp.where(mask, x, -jnp.inf)
   x_max = jnp.max(x, axis=axis)
@@ -181,8 +182,8 @@ class _BlockIntermediates(NamedTuple):
   p: Array  # [a, r, b, k] region.word dot products
   q: Array  # [a, r, b, k] softmax over words k
   alpha: Array  # [a, r, b, k] softmax over regions r of gamma1 * q
-  h: Optional[Array]  # [a, r, b*k] G @ alpha (gram method)
-  context: Optional[Array]  # [a, b*k, D] alpha^T @ V (direct method)
+  h: Array | None  # [a, r, b*k] G @ alpha (gram method)
+  context: Array | None  # [a, b*k, D] alpha^T @ V (direct method)
   ctx_sq_norm: Array  # [a, b, k] |c_k|^2
   ctx_norm: Array  # [a, b, k] |c_k|
   norm_product: Array  # [a, b, k] |e_k| |c_k|
@@ -194,7 +195,7 @@ class _BlockIntermediates(NamedTuple):
 
 def _block_intermediates(
   regions: Array,
-  gram: Optional[Array],
+  gram: Array | None,
   words: Array,
   word_mask: Array,
   word_norms: Array,
@@ -246,7 +247,7 @@ def _block_intermediates(
 
 def _block_backward(
   regions: Array,
-  gram: Optional[Array],
+  gram: Array | None,
   words: Array,
   word_mask: Array,
   word_norms: Array,
@@ -327,7 +328,7 @@ def _word_norms(words: Array) -> Array:
   return _norm(words.astype(_stats_dtype(words.dtype)))
 
 
-def _gram(regions: Array, use_gram: bool) -> Optional[Array]:
+def _gram(regions: Array, use_gram: bool) -> Array | None:
   """G = V V^T per image [a, R, R] in the stats dtype (None for the direct method)."""
   if not use_gram:
     return None
@@ -399,12 +400,12 @@ _blocked_scores.defvjp(_blocked_scores_fwd, _blocked_scores_bwd)
 
 
 def auto_text_block(
-  n_images: int, n_texts: int, n_regions: int, n_words: int, backend: Optional[str] = None
+  n_images: int, n_texts: int, n_regions: int, n_words: int, backend: str | None = None
 ) -> int:
-  """Texts per block chosen by :func:`region_word_scores` when ``text_block=None``.
+  """Texts per block chosen by `region_word_scores` when `text_block=None`.
 
   Caps each [images, regions, block, words] tensor at an element budget that depends on the
-  backend (default: ``jax.default_backend()``; 4M elements on CPU, 64M on accelerators), so
+  backend (default: `jax.default_backend()`; 4M elements on CPU, 64M on accelerators), so
   temporary memory does not grow with the number of texts, and spreads texts evenly over the
   fewest blocks to keep padding small.
   """
@@ -431,22 +432,22 @@ def region_word_scores(
   word_mask: Array,
   gamma1: float = 4.0,
   gamma2: float = 5.0,
-  text_block: Optional[int] = None,
+  text_block: int | None = None,
   *,
   context_method: ContextMethod = "auto",
 ) -> Array:
   """Word-level matching score Z [B_img, B_txt] for every (image, text) pair (losses.md).
 
   regions [B_img, R, D], words [B_txt, T, D], word_mask bool [B_txt, T]. Texts are processed in
-  blocks of ``text_block`` (None: :func:`auto_text_block`; the texts are padded internally with
+  blocks of `text_block` (None: `auto_text_block`; the texts are padded internally with
   masked words). The backward pass is hand-written: it recomputes each block from its inputs, as
-  ``jax.checkpoint`` would, so memory is linear in the batch. Forward-mode AD is not supported.
+  `jax.checkpoint` would, so memory is linear in the batch. Forward-mode AD is not supported.
 
   Masked word slots have no influence on Z or on any gradient, whatever they hold (they are
-  replaced by zeros through ``jnp.where``). A text with no valid word scores EMPTY_TEXT_SCORE.
+  replaced by zeros through `jnp.where`). A text with no valid word scores EMPTY_TEXT_SCORE.
   Under bfloat16 inputs the feature GEMMs take bf16 operands with float32 accumulation; softmaxes,
   attention-weight products, cosines and log-sum-exps are float32. Z is float32 (float64 for
-  float64 inputs). gamma1/gamma2 must be Python numbers. ``context_method`` picks how |c_k| is
+  float64 inputs). gamma1/gamma2 must be Python numbers. `context_method` picks how |c_k| is
   computed ('gram', 'direct', or 'auto' by FLOP count); both give the same Z.
   """
   _check_region_word_shapes(regions, words, word_mask)
@@ -528,11 +529,11 @@ def word_region_attention(
 # ----------------------------------------------------------------------------------------------
 
 
-def ce_from_scores(logits: Array, study_ids: Optional[Array] = None) -> Tuple[Array, Array]:
+def ce_from_scores(logits: Array, study_ids: Array | None = None) -> tuple[Array, Array]:
   """(i2t, t2i) cross-entropies of a square [B, B] logit matrix (rows images, columns texts).
 
   i2t averages CE(row a, target a) over rows, t2i CE(column b, target b) over columns. With
-  ``study_ids`` [B], off-diagonal pairs of the same study are set to -inf first.
+  `study_ids` [B], off-diagonal pairs of the same study are set to -inf first.
   """
   if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
     raise ValueError(f"logits must be square [B, B], got {logits.shape}")
@@ -545,8 +546,8 @@ def ce_from_scores(logits: Array, study_ids: Optional[Array] = None) -> Tuple[Ar
 
 
 def global_ce_loss(
-  img_emb: Array, txt_emb: Array, gamma3: float = 10.0, study_ids: Optional[Array] = None
-) -> Tuple[Array, Array]:
+  img_emb: Array, txt_emb: Array, gamma3: float = 10.0, study_ids: Array | None = None
+) -> tuple[Array, Array]:
   """Sentence-level CE (i2t, t2i) on M_s = gamma3 * cos(g_a, s_b); img_emb, txt_emb [B, D]."""
   return ce_from_scores(gamma3 * cosine_matrix(img_emb, txt_emb), study_ids)
 
@@ -558,10 +559,10 @@ def local_ce_loss(
   gamma1: float = 4.0,
   gamma2: float = 5.0,
   gamma3: float = 10.0,
-  study_ids: Optional[Array] = None,
-  text_block: Optional[int] = None,
-) -> Tuple[Array, Array]:
-  """Word-level CE (i2t, t2i) on M_w = gamma3 * Z, Z from :func:`region_word_scores`."""
+  study_ids: Array | None = None,
+  text_block: int | None = None,
+) -> tuple[Array, Array]:
+  """Word-level CE (i2t, t2i) on M_w = gamma3 * Z, Z from `region_word_scores`."""
   scores = region_word_scores(regions, words, word_mask, gamma1, gamma2, text_block)
   return ce_from_scores(gamma3 * scores, study_ids)
 
@@ -582,13 +583,13 @@ def sample_negatives(rng: Array, batch_size: int) -> Array:
   return (jnp.arange(batch_size, dtype=jnp.int32) + offsets) % batch_size
 
 
-def hardest_negatives(sim_matrix: Array, study_ids: Optional[Array] = None) -> Tuple[Array, Array]:
+def hardest_negatives(sim_matrix: Array, study_ids: Array | None = None) -> tuple[Array, Array]:
   """VSE++ negatives from a [B, B] similarity (rows images, columns texts).
 
   Returns (neg_txt_for_img, neg_img_for_txt), int32 [B] each: the most similar off-diagonal
-  text of each image and image of each text, skipping same-study pairs when ``study_ids`` is
-  given. Pass the pair as ``neg_idx`` to the triplet functions (or ``neg_idx="hardest"`` to
-  :func:`itm_loss`, which then mines each level from its own similarity).
+  text of each image and image of each text, skipping same-study pairs when `study_ids` is
+  given. Pass the pair as `neg_idx` to the triplet functions (or `neg_idx="hardest"` to
+  `itm_loss`, which then mines each level from its own similarity).
   """
   sim = lax.stop_gradient(sim_matrix)
   excluded = jnp.eye(sim.shape[0], dtype=bool)
@@ -598,7 +599,7 @@ def hardest_negatives(sim_matrix: Array, study_ids: Optional[Array] = None) -> T
   return jnp.argmax(sim, axis=1).astype(jnp.int32), jnp.argmax(sim, axis=0).astype(jnp.int32)
 
 
-def _split_negatives(neg_idx: Negatives) -> Tuple[Array, Array]:
+def _split_negatives(neg_idx: Negatives) -> tuple[Array, Array]:
   """neg_idx is one [B] array (shared by both directions) or (neg_txt_for_img, neg_img_for_txt)."""
   if isinstance(neg_idx, (tuple, list)):
     if len(neg_idx) != 2:
@@ -610,12 +611,12 @@ def _split_negatives(neg_idx: Negatives) -> Tuple[Array, Array]:
 
 def sentence_triplet_loss(
   img_emb: Array, txt_emb: Array, neg_idx: Negatives, margin: float = 0.5
-) -> Tuple[Array, Array]:
+) -> tuple[Array, Array]:
   """Sentence triplets (i2t, t2i) with d = 1 - cos.
 
   i2t = mean_i relu(d(g_i, s_i) - d(g_i, s_n(i)) + margin);
   t2i = mean_i relu(d(s_i, g_i) - d(s_i, g_n(i)) + margin).
-  ``neg_idx``: [B] shared negatives, or the pair (neg_txt_for_img, neg_img_for_txt).
+  `neg_idx`: [B] shared negatives, or the pair (neg_txt_for_img, neg_img_for_txt).
   """
   neg_txt, neg_img = _split_negatives(neg_idx)
   positive = _rowwise_cosine(img_emb, txt_emb)
@@ -632,12 +633,12 @@ def _word_triplets_from_parts(positive, negative_text, negative_image, margin):
 
 def word_triplet_loss(
   scores: Array, neg_idx: Negatives, margin: float = 0.5
-) -> Tuple[Array, Array]:
+) -> tuple[Array, Array]:
   """Word triplets (i2t, t2i) on a square Z matrix (no gamma3).
 
   i2t = mean_i relu(Z[i, n(i)] - Z[i, i] + margin)  (image i against the negative text);
   t2i = mean_i relu(Z[n(i), i] - Z[i, i] + margin)  (the negative image against text i).
-  ``neg_idx``: [B] shared negatives, or the pair (neg_txt_for_img, neg_img_for_txt).
+  `neg_idx`: [B] shared negatives, or the pair (neg_txt_for_img, neg_img_for_txt).
   """
   if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
     raise ValueError(f"scores must be square [B, B], got {scores.shape}")
@@ -652,7 +653,7 @@ def word_triplet_loss(
 # ----------------------------------------------------------------------------------------------
 
 
-def mlm_loss(logits: Array, targets: Array, weights: Array) -> Tuple[Array, Array]:
+def mlm_loss(logits: Array, targets: Array, weights: Array) -> tuple[Array, Array]:
   """(loss, accuracy) of masked-token prediction on the weighted positions.
 
   logits [B, L, V], targets int [B, L], weights float [B, L] (1.0 at selected positions). loss is
@@ -676,7 +677,7 @@ def mlm_loss(logits: Array, targets: Array, weights: Array) -> Tuple[Array, Arra
 # ----------------------------------------------------------------------------------------------
 
 
-def resolve_weights(weights: Optional[Mapping[str, float]] = None) -> dict:
+def resolve_weights(weights: Mapping[str, float] | None = None) -> dict:
   """All eight term weights as floats: given values over DEFAULT_WEIGHTS; unknown names raise."""
   weights = dict(weights or {})
   unknown = set(weights) - set(TERM_NAMES)
@@ -686,37 +687,37 @@ def resolve_weights(weights: Optional[Mapping[str, float]] = None) -> dict:
 
 
 def _require(name: str, value, terms):
-  """``value``, or a ValueError naming the active terms that need it when it is None."""
+  """`value`, or a ValueError naming the active terms that need it when it is None."""
   if value is None:
     raise ValueError(f"{name} is needed by the active terms {sorted(terms)}")
   return value
 
 
 def itm_loss(
-  img_emb: Optional[Array],
-  txt_emb: Optional[Array],
-  regions: Optional[Array],
-  words: Optional[Array],
-  word_mask: Optional[Array],
-  neg_idx: Union[Negatives, Literal["hardest"], None],
+  img_emb: Array | None,
+  txt_emb: Array | None,
+  regions: Array | None,
+  words: Array | None,
+  word_mask: Array | None,
+  neg_idx: Negatives | Literal["hardest"] | None,
   *,
-  weights: Optional[Mapping[str, float]] = DEFAULT_WEIGHTS,
+  weights: Mapping[str, float] | None = DEFAULT_WEIGHTS,
   gamma1: float = 4.0,
   gamma2: float = 5.0,
   gamma3: float = 10.0,
   sentence_margin: float = 0.5,
   word_margin: float = 0.5,
-  study_ids: Optional[Array] = None,
-  text_block: Optional[int] = None,
-) -> Tuple[Array, dict]:
+  study_ids: Array | None = None,
+  text_block: int | None = None,
+) -> tuple[Array, dict]:
   """L_ITM = sum of weight * term over the eight terms of TERM_NAMES; returns (total, terms).
 
   img_emb, txt_emb [B, D]; regions [B, R, D] (grid flattened row-major); words [B, T, D];
-  word_mask [B, T]. ``weights`` (Python floats) override DEFAULT_WEIGHTS by name; a term with
-  weight 0 is off: it is neither computed nor listed in ``terms`` (unweighted values). Z is only
+  word_mask [B, T]. `weights` (Python floats) override DEFAULT_WEIGHTS by name; a term with
+  weight 0 is off: it is neither computed nor listed in `terms` (unweighted values). Z is only
   built when a word CE term is on (or word triplets mine hardest negatives); word triplets alone
   score just the 3B pairs they use. Inputs only used by inactive terms may be None.
-  ``neg_idx``: [B] shared negatives (:func:`sample_negatives`), a pair (neg_txt_for_img,
+  `neg_idx`: [B] shared negatives (`sample_negatives`), a pair (neg_txt_for_img,
   neg_img_for_txt), or "hardest" to mine VSE++ negatives at each level (same-study excluded).
   """
   weights = resolve_weights(weights)
@@ -739,11 +740,11 @@ def itm_loss(
     txt_emb = _require("txt_emb", txt_emb, active)
     cos = cosine_matrix(img_emb, txt_emb)
     if need(*sentence_ce):
-      terms.update(zip(sentence_ce, ce_from_scores(gamma3 * cos, study_ids)))
+      terms.update(zip(sentence_ce, ce_from_scores(gamma3 * cos, study_ids), strict=True))
     if need(*sentence_triplet):
       negatives = hardest_negatives(cos, study_ids) if mine_hardest else neg_idx
       triplets = sentence_triplet_loss(img_emb, txt_emb, negatives, sentence_margin)
-      terms.update(zip(sentence_triplet, triplets))
+      terms.update(zip(sentence_triplet, triplets, strict=True))
 
   if need(*word_ce, *word_triplet):
     regions = _require("regions", regions, active)
@@ -752,10 +753,12 @@ def itm_loss(
     if need(*word_ce) or mine_hardest:
       scores = region_word_scores(regions, words, word_mask, gamma1, gamma2, text_block)
       if need(*word_ce):
-        terms.update(zip(word_ce, ce_from_scores(gamma3 * scores, study_ids)))
+        terms.update(zip(word_ce, ce_from_scores(gamma3 * scores, study_ids), strict=True))
       if need(*word_triplet):
         negatives = hardest_negatives(scores, study_ids) if mine_hardest else neg_idx
-        terms.update(zip(word_triplet, word_triplet_loss(scores, negatives, word_margin)))
+        terms.update(
+          zip(word_triplet, word_triplet_loss(scores, negatives, word_margin), strict=True)
+        )
     else:  # only the diagonal and the negatives' scores are needed
       neg_txt, neg_img = _split_negatives(neg_idx)
       pair = lambda r, w, m: pair_region_word_scores(r, w, m, gamma1, gamma2)
@@ -764,7 +767,7 @@ def itm_loss(
         pair(regions, words[neg_txt], word_mask[neg_txt]),
         pair(regions[neg_img], words, word_mask),
       )
-      terms.update(zip(word_triplet, _word_triplets_from_parts(*parts, word_margin)))
+      terms.update(zip(word_triplet, _word_triplets_from_parts(*parts, word_margin), strict=True))
 
   terms = {name: terms[name] for name in TERM_NAMES if name in active}
   total = sum((weights[name] * value for name, value in terms.items()), jnp.zeros((), jnp.float32))

@@ -8,7 +8,7 @@ optimizer's injected hyperparameters at every update.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

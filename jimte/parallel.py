@@ -17,8 +17,8 @@ import functools
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -98,9 +98,9 @@ def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> 
     if unknown:
       raise ValueError(f"mesh dcn_axes name unknown axes {sorted(unknown)}; mesh axes are {names}")
     dcn_shape = tuple(dcn.get(name, 1) for name in names)
-    if any(size % slices for size, slices in zip(shape, dcn_shape)):
+    if any(size % slices for size, slices in zip(shape, dcn_shape, strict=True)):
       raise ValueError(f"mesh dcn_axes {dcn_shape} must divide the axis sizes {shape}")
-    ici_shape = tuple(size // slices for size, slices in zip(shape, dcn_shape))
+    ici_shape = tuple(size // slices for size, slices in zip(shape, dcn_shape, strict=True))
     grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices)
     return Mesh(grid, names, axis_types=axis_types)
   return jax.make_mesh(shape, names, axis_types=axis_types, devices=devices)
@@ -162,7 +162,7 @@ def _checked_spec(spec: Sequence[Any], shape: tuple[int, ...], mesh: Mesh, path:
   used = [axis for entry in spec for axis in _axes_of(entry)]
   if len(set(used)) != len(used):
     raise ValueError(f"sharding rule {spec} for {path} uses a mesh axis twice")
-  for dim, entry in zip(shape, spec):
+  for dim, entry in zip(shape, spec, strict=True):
     for axis in _axes_of(entry):
       if axis not in mesh.shape:
         raise ValueError(

@@ -8,7 +8,8 @@ compiled SPMD program is per device, so its cost analysis is already per device.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 

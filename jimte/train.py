@@ -15,7 +15,8 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -24,7 +25,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jimte import checkpointing, data as data_lib, losses, optim, parallel, perf
+from jimte import checkpointing, losses, optim, parallel, perf
+from jimte import data as data_lib
 from jimte.evaluate import registry as eval_registry
 from jimte.metrics import MetricWriter
 from jimte.models.joimternet import build_model
@@ -54,7 +56,7 @@ class Durations:
   total_steps: int
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, num_train: int) -> "Durations":
+  def from_config(cls, config: ml_collections.ConfigDict, num_train: int) -> Durations:
     steps_per_epoch = num_train // config.batch_size
     if steps_per_epoch < 1:
       raise ValueError(

@@ -21,7 +21,7 @@ import argparse
 import shlex
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 REMOTE_DIR = "jimte"
 REMOTE_LOG = "jimte.log"

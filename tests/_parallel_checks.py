@@ -16,15 +16,15 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 
-import json  # noqa: E402
-import sys  # noqa: E402
-import traceback  # noqa: E402
+import json
+import sys
+import traceback
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from jimte import losses, parallel  # noqa: E402
+from jimte import losses, parallel
 
 N, R, T, D = 16, 8, 6, 16
 HYPER = dict(gamma1=4.0, gamma2=5.0, gamma3=10.0, sentence_margin=0.5, word_margin=0.5)
@@ -60,7 +60,7 @@ def rel(a, b) -> float:
   a_leaves, b_leaves = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(a_leaves) == len(b_leaves), (len(a_leaves), len(b_leaves))
   worst = 0.0
-  for x, y in zip(a_leaves, b_leaves):
+  for x, y in zip(a_leaves, b_leaves, strict=True):
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     assert x.shape == y.shape, (x.shape, y.shape)
     worst = max(worst, float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-12)))
@@ -153,7 +153,11 @@ def device_mode_reference(d: int, weights):
     shard_terms = []
     for s in range(d):
       part = slice(s * n, (s + 1) * n)
-      local_neg = neg if isinstance(neg, str) else jax.tree.map(lambda a: a[part] - s * n, neg)
+      local_neg = (
+        neg
+        if isinstance(neg, str)
+        else jax.tree.map(lambda a, part=part, s=s: a[part] - s * n, neg)
+      )
       _, t = losses.itm_loss(
         None,
         None,
@@ -293,7 +297,7 @@ def check_param_shardings():
   def init(key):
     leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
     keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([jax.random.normal(k, s) for k, s in zip(keys, leaves)])
+    return treedef.unflatten([jax.random.normal(k, s) for k, s in zip(keys, leaves, strict=True)])
 
   abstract = jax.eval_shape(init, jax.random.key(0))
   shardings = parallel.param_shardings(abstract, mesh, rules, fsdp_min_size=4096)
@@ -301,7 +305,7 @@ def check_param_shardings():
   paths = jax.tree.leaves(parallel.tree_paths(params))
   return {
     path: dict(spec=str(leaf.sharding.spec), shard=list(leaf.addressable_shards[0].data.shape))
-    for path, leaf in zip(paths, jax.tree.leaves(params))
+    for path, leaf in zip(paths, jax.tree.leaves(params), strict=True)
   }
 
 

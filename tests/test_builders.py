@@ -1,6 +1,6 @@
 """Tests of the TFDS builders in data_pipeline/builders and their shared validation module.
 
-Real-data tests read /work/shared/data (via ``parents[2] / "shared" / "data"``) and skip cleanly
+Real-data tests read /work/shared/data (via `parents[2] / "shared" / "data"`) and skip cleanly
 when it is absent. Nothing is downloaded: IU X-ray images are replaced by placeholder PNGs written
 under the real Open-i image ids.
 """
@@ -395,7 +395,8 @@ def test_covid_view_kind():
 
 def _expected_covid(frontal_only: bool) -> tuple[int, set]:
   """Independent count of usable rows in the real metadata.csv (first usable row per image)."""
-  rows = list(csv.DictReader(open(COVID_DIR / "metadata.csv", newline="", encoding="utf-8")))
+  with open(COVID_DIR / "metadata.csv", newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
   seen, kept = set(), 0
   for row in rows:
     if row["modality"] != "X-ray":
@@ -543,7 +544,7 @@ def _openi_reports() -> list[dict]:
 
 
 def _iu_manual_dir(tmp_path: Path, studies: list[dict], with_projections: bool) -> Path:
-  """Real reports archive + placeholder PNGs (value 20 + 60 * position) for ``studies``."""
+  """Real reports archive + placeholder PNGs (value 20 + 60 * position) for `studies`."""
   manual = tmp_path / "manual"
   (manual / "png").mkdir(parents=True)
   (manual / "NLMCXR_reports.tgz").symlink_to(IU_DIR / "NLMCXR_reports.tgz")
@@ -614,8 +615,9 @@ def test_iu_r2gen_config_with_projection_table(tmp_path):
     for e in entries
   }
   projections = {}
-  for row in csv.DictReader(open(IU_DIR / "projections.csv", newline="")):
-    projections[canonical_image_key(row["filename"])] = row["projection"]
+  with open(IU_DIR / "projections.csv", newline="") as f:
+    for row in csv.DictReader(f):
+      projections[canonical_image_key(row["filename"])] = row["projection"]
   reports = {f"CXR{r['iuxr_id']}": r for r in _openi_reports()}
   in_r2gen = [reports[s] for s in sorted(r2gen_split)]
 

@@ -57,7 +57,7 @@ def _params(workdir, step=None):
 def _assert_trees_close(a, b, rtol=0.0, atol=0.0):
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(la) == len(lb)
-  for x, y in zip(la, lb):
+  for x, y in zip(la, lb, strict=True):
     np.testing.assert_allclose(
       np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol
     )

@@ -40,7 +40,7 @@ def test_train_and_evaluate_on_built_covid_cxr(tmp_path):
   )
   metrics, state = train.train_and_evaluate(c, str(tmp_path / "work"), progress=False)
   assert int(state.step) == 4
-  final = json.load(open(tmp_path / "work" / "final_metrics.json"))
+  final = json.loads((tmp_path / "work" / "final_metrics.json").read_text())
   assert final["eval/retrieval/num_pairs"] == num_test  # every held-out study scored exactly once
   assert final["eval/retrieval/chance_R@10"] == pytest.approx(10 / num_test)
   assert (tmp_path / "work" / "tokenizer" / "spm.model").exists()

@@ -19,12 +19,47 @@ from data_pipeline import input as inp
 from data_pipeline import tokenizer as tok
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = (
-  "the heart size is normal lungs are clear no pleural effusion or pneumothorax mild cardiomegaly "
-  "left lower lobe opacity consistent with atelectasis right upper XXXX stable granuloma "
-  "degenerative "
-  "changes of the thoracic spine small nodule mediastinal contours within limits"
-).split()
+WORDS = [
+  "the",
+  "heart",
+  "size",
+  "is",
+  "normal",
+  "lungs",
+  "are",
+  "clear",
+  "no",
+  "pleural",
+  "effusion",
+  "or",
+  "pneumothorax",
+  "mild",
+  "cardiomegaly",
+  "left",
+  "lower",
+  "lobe",
+  "opacity",
+  "consistent",
+  "with",
+  "atelectasis",
+  "right",
+  "upper",
+  "XXXX",
+  "stable",
+  "granuloma",
+  "degenerative",
+  "changes",
+  "of",
+  "the",
+  "thoracic",
+  "spine",
+  "small",
+  "nodule",
+  "mediastinal",
+  "contours",
+  "within",
+  "limits",
+]
 IMAGE_SIZE = 32
 MAX_LEN = 48
 KEYS = {"image", "tokens", "study_index", "index", "valid"}
@@ -69,7 +104,7 @@ def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
 
 def assert_batches_equal(left, right):
   assert len(left) == len(right)
-  for a, b in zip(left, right):
+  for a, b in zip(left, right, strict=True):
     assert a.keys() == b.keys()
     for key in a:
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -129,7 +164,7 @@ def test_study_index_is_a_stable_hash_shared_by_one_study(tokenizer):
   batch = next(
     iter(inp.make_eval_batches(src, tokenizer=tokenizer, image_size=IMAGE_SIZE, batch_size=6))
   )
-  by_index = dict(zip(batch["index"].tolist(), batch["study_index"].tolist()))
+  by_index = dict(zip(batch["index"].tolist(), batch["study_index"].tolist(), strict=True))
   assert by_index[0] == by_index[1] and by_index[3] == by_index[4] == by_index[5]
   assert len({by_index[0], by_index[2], by_index[3]}) == 3
   assert all(0 <= v < 2**31 - 1 for v in by_index.values())
@@ -535,7 +570,7 @@ def test_two_real_processes_read_disjoint_shares(tokenizer, tmp_path):
   for proc in hosts:
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
-    (line,) = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    (line,) = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
     results.append(json.loads(line[len("RESULT ") :]))
   for name in ("array", "dataset"):
     first, second = set(results[0][name]), set(results[1][name])

@@ -1,6 +1,6 @@
-"""Tests for the rule-based report labeler (``data_pipeline.labels``).
+"""Tests for the rule-based report labeler (`data_pipeline.labels`).
 
-Most tests use the CheXpert phrase lists of ``shared/data/labelers/chexpert/phrases`` and skip when
+Most tests use the CheXpert phrase lists of `shared/data/labelers/chexpert/phrases` and skip when
 that checkout is absent; the loader/configuration tests build their own tiny phrase lists.
 """
 
@@ -464,7 +464,7 @@ def test_label_many_matches_label(labeler):
   texts = ["No effusion.", "", "Cardiomegaly with small bilateral effusions.", None]
   arr = labeler.label_many(texts)
   assert arr.shape == (4, 14) and arr.dtype == np.float32
-  for row, text in zip(arr, texts):
+  for row, text in zip(arr, texts, strict=True):
     np.testing.assert_array_equal(row, labeler.label(text).labels)
   assert labeler.label_many([]).shape == (0, 14)
 
@@ -514,7 +514,7 @@ def test_iu_reports_are_labeled_consistently(labeler):
   if not path.is_file():
     pytest.skip(f"{path} not found")
   with open(path, newline="", encoding="utf-8") as fh:
-    rows = [r for _, r in zip(range(400), csv.DictReader(fh))]
+    rows = [r for _, r in zip(range(400), csv.DictReader(fh), strict=True)]
   regions = set(CHEST_IMAGENOME_REGIONS)
   n_mentions = 0
   for row in rows:

@@ -1,13 +1,11 @@
 """Tests of jimte.losses against the reference values of design/losses.md and a dense reference."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jax
-import jax.numpy as jnp
-
 from jimte import losses
-
 
 # ----------------------------------------------------------------------------------------------
 # Inputs and an independent dense implementation written from the math
@@ -94,7 +92,7 @@ def rel_err(a, b):
 
 
 def _reference_terms(d, dtype):
-  """The three reference pairs of losses.md computed by the public functions in ``dtype``."""
+  """The three reference pairs of losses.md computed by the public functions in `dtype`."""
   cast = lambda x: jnp.asarray(x, dtype)
   sentence_ce = losses.global_ce_loss(cast(d["img_emb"]), cast(d["txt_emb"]))
   word_ce = losses.local_ce_loss(
@@ -158,7 +156,7 @@ def test_blocked_scores_match_dense_reference(x64, method, text_block):
   dense = lambda r, w: dense_scores(r, w, mask)
   want_scores, want_grads = scores_and_grads(dense, regions, words, cotangent)
   np.testing.assert_allclose(got_scores, want_scores, rtol=1e-12, atol=1e-12)
-  for got, want in zip(got_grads, want_grads):
+  for got, want in zip(got_grads, want_grads, strict=True):
     assert rel_err(got, want) < 1e-10
 
 
@@ -172,7 +170,7 @@ def test_blocked_scores_other_gammas(x64, gamma1, gamma2):
   dense = lambda r, w: dense_scores(r, w, mask, gamma1, gamma2)
   want_scores, want_grads = scores_and_grads(dense, regions, words, cotangent)
   assert rel_err(got_scores, want_scores) < 1e-12
-  for got, want in zip(got_grads, want_grads):
+  for got, want in zip(got_grads, want_grads, strict=True):
     assert rel_err(got, want) < 1e-9
 
 
@@ -236,7 +234,7 @@ def test_bfloat16_inputs_give_float32_scores_close_to_float32():
   scores_f32, grads_f32 = scores_and_grads(score_fn, *rounded, cotangent)
   assert scores_bf.dtype == jnp.float32
   assert rel_err(scores_bf, scores_f32) < 1e-4
-  for g_bf, g_f32 in zip(grads_bf, grads_f32):
+  for g_bf, g_f32 in zip(grads_bf, grads_f32, strict=True):
     assert g_bf.dtype == jnp.bfloat16
     assert rel_err(g_bf, g_f32) < 3e-2
 
@@ -513,6 +511,8 @@ def test_zero_embeddings_and_blank_images_keep_gradients_finite():
     None,
     {name: 0.0 for name in losses.TERM_NAMES if not name.startswith("word_triplet")},
   ):
-    loss = lambda i, t, r, w: losses.itm_loss(i, t, r, w, d["mask"], d["neg"], weights=weights)[0]
+    loss = lambda i, t, r, w, weights=weights: losses.itm_loss(
+      i, t, r, w, d["mask"], d["neg"], weights=weights
+    )[0]
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(img, d["txt_emb"], regions, d["words"])
     assert all(np.all(np.isfinite(g)) for g in grads)

@@ -65,7 +65,7 @@ def make_images(batch, size=TINY_IMAGE_SIZE, seed=0):
   )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model_and_variables():
   """The tiny model and its initial variables, built once for the whole file."""
   model = build_model(tiny_config())
@@ -77,9 +77,9 @@ def tiny_model_and_variables():
   return model, variables
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_apply(model):
-  """One jitted ``model.apply`` per model, so tests share compilations of equal signatures."""
+  """One jitted `model.apply` per model, so tests share compilations of equal signatures."""
   return fast_jit(model.apply, static_argnames=("train", "mutable", "method"))
 
 
@@ -217,9 +217,9 @@ def test_batch_stats_update_in_train_mode_only():
   before = jax.tree_util.tree_leaves(variables["batch_stats"])
   after = jax.tree_util.tree_leaves(updated["batch_stats"])
   assert len(before) == len(after) > 0
-  assert all(not np.allclose(b, a) for b, a in zip(before, after))
+  assert all(not np.allclose(b, a) for b, a in zip(before, after, strict=True))
   _, unchanged = apply(variables, images, tokens, train=False, mutable=("batch_stats",))
-  for b, a in zip(before, jax.tree_util.tree_leaves(unchanged["batch_stats"])):
+  for b, a in zip(before, jax.tree_util.tree_leaves(unchanged["batch_stats"]), strict=True):
     np.testing.assert_array_equal(b, a)
   # Eval mode uses the running statistics: new statistics give a different output.
   out_old = apply(variables, images, tokens, train=False)
@@ -339,7 +339,7 @@ def test_remat_gives_identical_outputs_and_gradients_which_are_finite():
   np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
   flat, flat_remat = (jax.tree_util.tree_leaves_with_path(g) for g in (grad, remat_grad))
   assert [p for p, _ in flat] == [p for p, _ in flat_remat]
-  for (path, g), (_, g_remat) in zip(flat, flat_remat):
+  for (path, g), (_, g_remat) in zip(flat, flat_remat, strict=True):
     assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
     np.testing.assert_allclose(g_remat, g, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
   norms = {k: tree_norm(grad[k]) for k in ("image", "text")}

@@ -127,6 +127,7 @@ def test_param_specs_rules_then_automatic_fsdp():
     zip(
       jax.tree.leaves(parallel.tree_paths(FAKE_PARAMS)),
       jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)),
+      strict=True,
     )
   )
   assert flat["text/layers/0/attn/query/kernel"] == P(None, "model")
@@ -208,7 +209,7 @@ def test_one_device_mesh_matches_itm_loss_values_and_grads(local_pairs):
   np.testing.assert_allclose(float(total), float(ref_total), rtol=TOL)
   for name in losses.TERM_NAMES:
     np.testing.assert_allclose(float(terms[name]), float(ref_terms[name]), rtol=TOL, err_msg=name)
-  for a, b in zip(g, ref_g):
+  for a, b in zip(g, ref_g, strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL * float(jnp.max(jnp.abs(b))))
 
 

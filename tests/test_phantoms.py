@@ -77,7 +77,7 @@ def test_pose_round_trip_and_box_transforms():
   np.testing.assert_allclose(u2, u, atol=1e-12)
   boxes = np.array([[0.2, 0.3, 0.4, 0.6], [0.5, 0.1, 0.9, 0.2]])
   vectorised = pose.boxes_to_image(boxes)
-  for box, expected in zip(boxes, vectorised):
+  for box, expected in zip(boxes, vectorised, strict=True):
     np.testing.assert_allclose(pose.box_to_image(tuple(box)), expected, atol=1e-6)
   # The identity pose leaves boxes unchanged.
   np.testing.assert_allclose(anatomy.Pose().boxes_to_image(boxes), boxes, atol=1e-6)
@@ -167,7 +167,7 @@ def test_image_dtype_shape_range_and_anatomy(size):
     assert image.min() < 40 and image.max() > 180  # uses the dynamic range
     named = anatomy.region_box_dict(example["region_boxes"])
 
-    def centre_mean(name, shrink=0.3):
+    def centre_mean(name, shrink=0.3, named=named, image=image):
       y0, x0, y1, x1 = named[name]
       dy, dx = (y1 - y0) * shrink, (x1 - x0) * shrink
       rows = slice(int((y0 + dy) * size), max(int((y1 - dy) * size), int((y0 + dy) * size) + 1))
@@ -320,7 +320,7 @@ def test_labels_are_consistent_with_findings(examples):
     kinds = {f["name"] for f in example["findings"]}
     for kind in kinds:
       assert labels[index[phantoms.FINDING_TO_CHEXPERT[kind]]] == 1.0
-    for name, value in zip(phantoms.CHEXPERT_LABELS, labels):
+    for name, value in zip(phantoms.CHEXPERT_LABELS, labels, strict=True):
       if value == 1.0 and name not in SECONDARY_LABELS | {"No Finding"}:
         assert any(phantoms.FINDING_TO_CHEXPERT[k] == name for k in kinds), (name, kinds)
       if value == -1.0:

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests._tiny import tiny_config
 from jimte import train
+from tests._tiny import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,12 +37,12 @@ def test_training_learns_the_pairing(tmp_path):
     }
   )
   train.train_and_evaluate(c, str(tmp_path), progress=False)
-  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   ce = [r["train/sentence_ce_i2t"] for r in rows if "train/sentence_ce_i2t" in r]
   assert len(ce) >= 10
   assert np.mean(ce[-3:]) < 0.7 * np.log(8), ce
   assert (tmp_path / "attention.png").exists()
-  final = json.load(open(tmp_path / "final_metrics.json"))
+  final = json.loads((tmp_path / "final_metrics.json").read_text())
   assert "eval/retrieval/global/i2t_R@10" in final and "eval/retrieval/chance_R@10" in final
 
 
@@ -55,7 +55,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
   assert int(first.step) == 6
   _, resumed = train.train_and_evaluate(c, str(tmp_path / "split"), progress=False)
   assert int(resumed.step) == int(full.step) == 16
-  for a, b in zip(_leaves(full), _leaves(resumed)):
+  for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
@@ -69,7 +69,7 @@ def test_checkpoint_round_trip(tmp_path):
   restored, meta = ckpt.restore(checkpointing.abstract_like(state))
   assert meta["step"] == 4
   for a, b in zip(
-    jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(restored))
+    jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(restored)), strict=True
   ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   ckpt.close()
@@ -120,7 +120,7 @@ def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path):
     }
   )
   train.train_and_evaluate(c, str(tmp_path), progress=False)
-  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   ranks = {
     r["step"]: r["eval/retrieval/global/i2t_median_rank"]
     for r in rows

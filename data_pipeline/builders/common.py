@@ -1,78 +1,78 @@
 """Shared record validation, image normalisation and skip accounting for the TFDS builders.
 
-Every builder in :mod:`data_pipeline.builders` turns raw files into records that follow the
-Example contract of ``docs/contracts.md`` (``image`` uint8 [H, W, 1], ``text``, ``study_id``,
-``patient_id``). Real archives contain bad records; this module decides, in one place, what a
+Every builder in `data_pipeline.builders` turns raw files into records that follow the
+Example contract of `docs/contracts.md` (`image` uint8 [H, W, 1], `text`, `study_id`,
+`patient_id`). Real archives contain bad records; this module decides, in one place, what a
 bad record is and what happens to it.
 
 Outcome of a source record
 --------------------------
 * **kept**: written to the dataset.
-* **skipped** (:meth:`SkipLedger.reject`): the record is *broken* (unreadable image, empty report,
+* **skipped** (`SkipLedger.reject`): the record is *broken* (unreadable image, empty report,
   duplicate id, ...). It is dropped and counted by reason. In *strict* mode the build stops
-  instead with :class:`StrictValidationError`, whose message names the offending key and file.
-* **excluded** (:meth:`SkipLedger.exclude`): the record is *valid but out of scope* by policy
+  instead with `StrictValidationError`, whose message names the offending key and file.
+* **excluded** (`SkipLedger.exclude`): the record is *valid but out of scope* by policy
   (a lateral view in a frontal-only config, a study outside the R2Gen split, ...). It is
   counted by reason and never raises, not even in strict mode.
-* **notes** (:meth:`SkipLedger.note`): the record is kept but something was repaired or
+* **notes** (`SkipLedger.note`): the record is kept but something was repaired or
   defaulted (an RGB image converted to grayscale, a report without sections used whole, ...).
 
 Nothing is dropped silently: at the end of every split the counts are printed to stdout, logged
-through ``absl.logging`` and stored in the dataset's ``metadata.json`` (``builder.info.metadata
-["record_accounting"]``, one entry per split plus ``(unassigned)`` for records rejected before a
-split could be chosen), next to ``dataset_info.json``. The first few rejections of each reason are
+through `absl.logging` and stored in the dataset's `metadata.json` (`builder.info.metadata
+["record_accounting"]`, one entry per split plus `(unassigned)` for records rejected before a
+split could be chosen), next to `dataset_info.json`. The first few rejections of each reason are
 also logged with their key and file.
 
 TFDS cannot write an empty split: a split with no planned record is left out (listed in
-``metadata["empty_splits"]`` and printed); a planned split whose records were *all* skipped stops
+`metadata["empty_splits"]` and printed); a planned split whose records were *all* skipped stops
 the build with an error that gives the counts, rather than TFDS's bare assertion.
 
 Strict mode
 -----------
-Strict mode is not part of a ``BuilderConfig`` (it never changes the data that a successful build
+Strict mode is not part of a `BuilderConfig` (it never changes the data that a successful build
 writes). It is chosen by, in order of precedence:
 
-1. the builder keyword argument ``strict=True`` / ``strict=False``
-   (``Builder(data_dir=..., config=..., strict=True)`` or ``tfds.builder(name, strict=True)``);
-2. the environment variable ``JIMTE_TFDS_STRICT`` (``1``, ``true``, ``yes`` or ``on``), which is
-   how it is switched on from the CLI: ``JIMTE_TFDS_STRICT=1 tfds build data_pipeline/builders/NAME
-   --manual_dir DIR --data_dir DIR``. (``tfds build`` offers no way to pass builder keyword
-   arguments; it only takes ``--config NAME`` or ``--config '{json of BuilderConfig fields}'``.)
+1. the builder keyword argument `strict=True` / `strict=False`
+   (`Builder(data_dir=..., config=..., strict=True)` or `tfds.builder(name, strict=True)`);
+2. the environment variable `JIMTE_TFDS_STRICT` (`1`, `true`, `yes` or `on`), which is
+   how it is switched on from the CLI: `JIMTE_TFDS_STRICT=1 tfds build data_pipeline/builders/NAME
+   --manual_dir DIR --data_dir DIR`. (`tfds build` offers no way to pass builder keyword
+   arguments; it only takes `--config NAME` or `--config '{json of BuilderConfig fields}'`.)
 
-Image normalisation (:func:`load_grayscale_image`)
+Image normalisation (`load_grayscale_image`)
 -----------------------------------------------
 Images are decoded with Pillow and turned into 8-bit, single-channel arrays deterministically:
 
-* EXIF orientation is applied first (``ImageOps.exif_transpose``).
-* ``L`` (8-bit gray) is used as is; ``1`` (bilevel) maps to 0/255.
-* ``RGB`` (and ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, palette ``P`` without transparency, via RGB)
-  uses Pillow's ITU-R 601-2 luma transform ``L = R*299/1000 + G*587/1000 + B*114/1000``.
-* Modes with transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a transparency key) are first
+* EXIF orientation is applied first (`ImageOps.exif_transpose`).
+* `L` (8-bit gray) is used as is; `1` (bilevel) maps to 0/255.
+* `RGB` (and `CMYK`, `YCbCr`, `LAB`, `HSV`, palette `P` without transparency, via RGB)
+  uses Pillow's ITU-R 601-2 luma transform `L = R*299/1000 + G*587/1000 + B*114/1000`.
+* Modes with transparency (`RGBA`, `LA`, `PA`, `P` with a transparency key) are first
   composited over an opaque **black** background (transparent pixels become 0, i.e. no signal),
   then converted with the luma transform above.
-* High bit-depth modes (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, ``I`` (32-bit), ``F``) are
+* High bit-depth modes (`I;16`, `I;16B`, `I;16L`, `I;16N`, `I` (32-bit), `F`) are
   windowed to their own 0.5th-99.5th percentile range, linearly mapped onto [0, 255], resized in
   float32 and rounded. When that range is empty the full min..max range is used, and a constant
   image becomes all zeros. (Medical 16-bit PNGs usually carry 10 to 12 significant bits, so a
-  fixed ``>> 8`` would give nearly black images.)
-* Images whose shorter side is below ``min_side`` (measured on the stored file, before resizing)
-  are rejected as ``image too small``.
-* Images are resized, never enlarged, so that the side chosen by ``resize_side`` (``"longer"``,
-  the default, or ``"shorter"``) is at most ``max_side`` (``None`` or 0: keep the stored size),
+  fixed `>> 8` would give nearly black images.)
+* Images whose shorter side is below `min_side` (measured on the stored file, before resizing)
+  are rejected as `image too small`.
+* Images are resized, never enlarged, so that the side chosen by `resize_side` (`"longer"`,
+  the default, or `"shorter"`) is at most `max_side` (`None` or 0: keep the stored size),
   keeping the aspect ratio, with the Lanczos filter (antialiased windowed sinc, the best of
   Pillow's filters for downsampling). JPEG files are first decoded at the smallest DCT scale
-  (``Image.draft``) that is still at least as large as the target size, which keeps decoding
+  (`Image.draft`) that is still at least as large as the target size, which keeps decoding
   2-3k px radiographs to a 512 px target cheap without changing what the filter sees by more than
   the DCT's own rounding.
 
-Failures map onto skip reasons: a path that does not exist is ``missing image``; a file Pillow
-cannot identify or decode is ``corrupt image``; a file that ends early is ``truncated image``.
+Failures map onto skip reasons: a path that does not exist is `missing image`; a file Pillow
+cannot identify or decode is `corrupt image`; a file that ends early is `truncated image`.
 
-Text validation (:func:`decode_report`, :func:`clean_text`, :func:`require_text`)
+Text validation (`decode_report`, `clean_text`, `require_text`)
 ------------------------------------------------------------------------------
-Report bytes must be valid UTF-8 (a leading BOM is dropped) or the record is ``non-UTF-8
-report``. Whitespace runs (including line breaks) are collapsed to single spaces; a report that
-is empty after that is ``empty report``. De-identification tokens such as ``XXXX`` are kept.
+Report bytes must be valid UTF-8 (a leading BOM is dropped) or the record is `non-UTF-8
+report`. Whitespace runs (including line breaks) are collapsed to single spaces; a report that
+is empty after that is `empty report`. De-identification tokens such as `XXXX` are kept.
 """
 
 from __future__ import annotations
@@ -146,11 +146,11 @@ MISSING_REPORT = "missing report"
 DUPLICATE_ID = "duplicate id"
 DUPLICATE_IMAGE = "duplicate image"
 
-#: The 14 CheXpert observations in the CheXpert labeler's output order (the order of the
-#: ``labels`` vector of the Example contract).
+# The 14 CheXpert observations in the CheXpert labeler's output order (the order of the
+# `labels` vector of the Example contract).
 from data_pipeline.labels import CHEXPERT_OBSERVATIONS  # noqa: E402  (one definition)
 
-#: Default patient-level split: 70 % train, 10 % validation, 20 % test.
+# Default patient-level split: 70 % train, 10 % validation, 20 % test.
 DEFAULT_SPLIT_FRACTIONS: tuple[tuple[str, float], ...] = (
   ("train", 0.7),
   ("validation", 0.1),
@@ -196,7 +196,7 @@ class StrictValidationError(ValueError):
 
 
 def resolve_strict(explicit: bool | None) -> bool:
-  """Returns the effective strict flag: ``explicit`` if given, else ``$JIMTE_TFDS_STRICT``."""
+  """Returns the effective strict flag: `explicit` if given, else `$JIMTE_TFDS_STRICT`."""
   if explicit is not None:
     return bool(explicit)
   raw = os.environ.get(STRICT_ENV_VAR, "").strip().lower()
@@ -234,7 +234,7 @@ class SkipLedger:
 
   Args:
     dataset: dataset name used in messages.
-    strict: when True, :meth:`reject` raises :class:`StrictValidationError` instead of counting.
+    strict: when True, `reject` raises `StrictValidationError` instead of counting.
     log_examples: how many individual rejections per reason are logged with their key and
       file (the rest are only counted), to keep logs readable on large archives.
   """
@@ -306,7 +306,7 @@ class SkipLedger:
     return f"[{self.dataset}] split '{split}': " + _format_counts(counts)
 
   def report(self, split: str) -> str:
-    """Prints and logs the summary line of ``split``; returns it."""
+    """Prints and logs the summary line of `split`; returns it."""
     line = self.summary(split)
     print(line, flush=True)
     logging.info(line)
@@ -338,15 +338,15 @@ def assign_split(
 ) -> str:
   """Deterministically maps a patient (or patient group) to a split.
 
-  The first 8 bytes of ``sha256(salt + "\\0" + group_key)`` give a number ``u`` uniform in
-  [0, 1); the split is the first one whose cumulative fraction exceeds ``u``. The result does
+  The first 8 bytes of `sha256(salt + "\\0" + group_key)` give a number `u` uniform in
+  [0, 1); the split is the first one whose cumulative fraction exceeds `u`. The result does
   not depend on the Python hash seed, the platform, or which other patients exist, so adding
   data never moves a patient to another split.
   """
   total = float(sum(f for _, f in fractions))
   if not fractions or total <= 0 or any(f < 0 for _, f in fractions):
     raise ValueError(f"Invalid split fractions: {fractions!r}")
-  digest = hashlib.sha256(f"{salt}\0{group_key}".encode("utf-8")).digest()
+  digest = hashlib.sha256(f"{salt}\0{group_key}".encode()).digest()
   u = int.from_bytes(digest[:8], "big") / 2.0**64
   cumulative = 0.0
   for name, fraction in fractions:
@@ -364,7 +364,7 @@ _SURROGATE_ESCAPE = re.compile("[\udc80-\udcff]")
 
 
 def decode_report(raw: bytes) -> str:
-  """Decodes report bytes as UTF-8 (BOM dropped) or raises ``non-UTF-8 report``."""
+  """Decodes report bytes as UTF-8 (BOM dropped) or raises `non-UTF-8 report`."""
   try:
     return raw.decode("utf-8-sig")
   except UnicodeDecodeError as e:
@@ -374,7 +374,7 @@ def decode_report(raw: bytes) -> str:
 
 
 def has_undecodable_bytes(text: str) -> bool:
-  """True if ``text`` came from ``bytes.decode('utf-8', 'surrogateescape')`` of bad bytes."""
+  """True if `text` came from `bytes.decode('utf-8', 'surrogateescape')` of bad bytes."""
   return bool(_SURROGATE_ESCAPE.search(text))
 
 
@@ -386,7 +386,7 @@ def clean_text(text: str | None) -> str:
 
 
 def require_text(text: str | None, *, what: str = "report") -> str:
-  """Returns :func:`clean_text` of ``text``; raises ``empty report`` / ``non-UTF-8 report``."""
+  """Returns `clean_text` of `text`; raises `empty report` / `non-UTF-8 report`."""
   if text is not None and has_undecodable_bytes(text):
     raise RecordRejected(NON_UTF8_REPORT, f"{what} holds bytes that are not UTF-8")
   cleaned = clean_text(text)
@@ -420,7 +420,7 @@ class LoadedImage:
 def target_size(
   size: tuple[int, int], max_side: int | None, resize_side: str = "longer"
 ) -> tuple[int, int]:
-  """(width, height) after bounding the chosen side by ``max_side`` (never enlarging)."""
+  """(width, height) after bounding the chosen side by `max_side` (never enlarging)."""
   if resize_side not in _RESIZE_SIDES:
     raise ValueError(f"resize_side must be one of {_RESIZE_SIDES}, got {resize_side!r}")
   width, height = size
@@ -453,7 +453,7 @@ def _percentile_window(values: np.ndarray) -> np.ndarray:
 
 
 def _to_gray(image: Image.Image) -> Image.Image:
-  """Converts any Pillow mode to ``L`` or, for high bit depths, ``F`` in [0, 255]."""
+  """Converts any Pillow mode to `L` or, for high bit depths, `F` in [0, 255]."""
   mode = image.mode
   if mode == "L":
     return image
@@ -479,17 +479,17 @@ def load_grayscale_image(
   """Decodes, validates, converts to 8-bit gray and resizes one image.
 
   Args:
-    source: a path (local or any ``etils.epath`` path), raw bytes, or a binary file object.
+    source: a path (local or any `etils.epath` path), raw bytes, or a binary file object.
     min_side: smallest accepted shorter side of the stored image.
-    max_side: bound on the side chosen by ``resize_side`` (``None``/0: no resizing).
-    resize_side: ``"longer"`` or ``"shorter"``.
+    max_side: bound on the side chosen by `resize_side` (`None`/0: no resizing).
+    resize_side: `"longer"` or `"shorter"`.
 
   Returns:
-    A :class:`LoadedImage` whose ``array`` is uint8 [H, W, 1].
+    A `LoadedImage` whose `array` is uint8 [H, W, 1].
 
   Raises:
-    RecordRejected: with reason ``missing image``, ``corrupt image``, ``truncated image`` or
-      ``image too small``.
+    RecordRejected: with reason `missing image`, `corrupt image`, `truncated image` or
+      `image too small`.
   """
   if resize_side not in _RESIZE_SIDES:
     raise ValueError(f"resize_side must be one of {_RESIZE_SIDES}, got {resize_side!r}")
@@ -542,7 +542,7 @@ def load_grayscale_image(
 
 
 def image_feature(encoding_format: str = "png", doc: str | None = None) -> tfds.features.Image:
-  """The ``image`` feature of the contract: uint8 [H, W, 1] of any size."""
+  """The `image` feature of the contract: uint8 [H, W, 1] of any size."""
   return tfds.features.Image(
     shape=(None, None, 1), dtype=np.uint8, encoding_format=encoding_format, doc=doc
   )
@@ -553,15 +553,15 @@ def image_feature(encoding_format: str = "png", doc: str | None = None) -> tfds.
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass(eq=False)
 class ImageBuilderConfig(tfds.core.BuilderConfig):
-  """Image knobs shared by the builders (custom configs from the CLI: ``--config '{json}'``).
+  """Image knobs shared by the builders (custom configs from the CLI: `--config '{json}'`).
 
   Attributes:
-    max_side: bound (px) on the ``resize_side`` of stored images; ``None`` or 0 keeps the
+    max_side: bound (px) on the `resize_side` of stored images; `None` or 0 keeps the
       original size. The paper trains at 2048.
-    min_side: images whose shorter side is below this are skipped as ``image too small``.
-    resize_side: ``"longer"`` (the whole image fits in ``max_side`` x ``max_side``) or
-      ``"shorter"`` (the shorter side is bounded; for later centre crops).
-    image_encoding: ``"png"`` (lossless) or ``"jpeg"`` for the stored images.
+    min_side: images whose shorter side is below this are skipped as `image too small`.
+    resize_side: `"longer"` (the whole image fits in `max_side` x `max_side`) or
+      `"shorter"` (the shorter side is bounded; for later centre crops).
+    image_encoding: `"png"` (lossless) or `"jpeg"` for the stored images.
   """
 
   max_side: int | None = 2048
@@ -581,13 +581,13 @@ class ImageBuilderConfig(tfds.core.BuilderConfig):
 
 
 class ValidatingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Base class of the builders: strict flag, a :class:`SkipLedger`, per-split reports.
+  """Base class of the builders: strict flag, a `SkipLedger`, per-split reports.
 
-  Subclasses create ``self.ledger`` with :meth:`_new_ledger` at the start of
-  ``_split_generators``, return generators only for :meth:`_non_empty_splits`, and call
-  :meth:`_finish_split` at the end of each split generator (in a ``finally`` block, so truncated
-  generation, e.g. ``--max_examples_per_split``, still reports) followed by
-  :meth:`_check_split_nonempty` after a complete pass.
+  Subclasses create `self.ledger` with `_new_ledger` at the start of
+  `_split_generators`, return generators only for `_non_empty_splits`, and call
+  `_finish_split` at the end of each split generator (in a `finally` block, so truncated
+  generation, e.g. `--max_examples_per_split`, still reports) followed by
+  `_check_split_nonempty` after a complete pass.
   """
 
   def __init__(self, *, strict: bool | None = None, **kwargs: Any):
@@ -626,7 +626,7 @@ class ValidatingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     self._store_accounting()
 
   def _check_split_nonempty(self, split: str) -> None:
-    """Raises a clear error when every planned record of ``split`` was skipped.
+    """Raises a clear error when every planned record of `split` was skipped.
 
     TFDS cannot write an empty split; without this check it fails with a bare
     "No examples were yielded". Called after a split generator ran to completion.
@@ -665,7 +665,7 @@ class ValidatingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 def read_csv_rows(raw: bytes) -> Iterable[dict[str, str]]:
   """Parses CSV bytes into dict rows; bytes that are not UTF-8 survive as surrogate escapes.
 
-  This lets one bad field be detected per record (with :func:`has_undecodable_bytes`) instead
+  This lets one bad field be detected per record (with `has_undecodable_bytes`) instead
   of failing the whole file.
   """
   text = raw.decode("utf-8-sig", errors="surrogateescape")
@@ -673,13 +673,13 @@ def read_csv_rows(raw: bytes) -> Iterable[dict[str, str]]:
 
 
 def read_maybe_gzip(path: epath.Path) -> bytes:
-  """Bytes of ``path``, gunzipped when it ends in ``.gz``."""
+  """Bytes of `path`, gunzipped when it ends in `.gz`."""
   data = path.read_bytes()
   return gzip.decompress(data) if path.name.endswith(".gz") else data
 
 
 def find_first(root: epath.Path, names: Sequence[str]) -> epath.Path | None:
-  """The first of ``root / name`` that exists, or None."""
+  """The first of `root / name` that exists, or None."""
   for name in names:
     candidate = root / name
     if candidate.exists():
@@ -688,7 +688,7 @@ def find_first(root: epath.Path, names: Sequence[str]) -> epath.Path | None:
 
 
 def optional_manual_dir(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:
-  """``dl_manager.manual_dir`` when one was given and is non-empty, else None."""
+  """`dl_manager.manual_dir` when one was given and is non-empty, else None."""
   try:
     return epath.Path(dl_manager.manual_dir)
   except (AssertionError, ValueError):
@@ -709,7 +709,7 @@ def float_or_nan(value: str | None) -> float:
 
 
 def chexpert_vector(row: Mapping[str, str] | None) -> np.ndarray:
-  """float32 [14] in :data:`CHEXPERT_OBSERVATIONS` order (NaN for blank / absent)."""
+  """float32 [14] in `CHEXPERT_OBSERVATIONS` order (NaN for blank / absent)."""
   if row is None:
     return np.full((len(CHEXPERT_OBSERVATIONS),), np.nan, np.float32)
   return np.array([float_or_nan(row.get(name)) for name in CHEXPERT_OBSERVATIONS], dtype=np.float32)

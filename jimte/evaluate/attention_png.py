@@ -8,7 +8,7 @@ the model grounds most confidently; ground-truth boxes are drawn when the split 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 import numpy as np
@@ -34,9 +34,48 @@ def word_attention_for_pairs(encoded: Mapping[str, np.ndarray], rows: np.ndarray
 
 
 STOPWORDS = frozenset(
-  "the a an and or of in on at to is are was were be been with without no not there this that as "
-  "for from by its it within normal limits seen noted prior study comparison views view "
-  "chest".split()
+  [
+    "the",
+    "a",
+    "an",
+    "and",
+    "or",
+    "of",
+    "in",
+    "on",
+    "at",
+    "to",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "with",
+    "without",
+    "no",
+    "not",
+    "there",
+    "this",
+    "that",
+    "as",
+    "for",
+    "from",
+    "by",
+    "its",
+    "it",
+    "within",
+    "normal",
+    "limits",
+    "seen",
+    "noted",
+    "prior",
+    "study",
+    "comparison",
+    "views",
+    "view",
+    "chest",
+  ]
 )
 
 
@@ -62,7 +101,7 @@ def pick_words(
   """The `count` content words with the best matching term (max over their pieces)."""
   chosen = []
   valid = np.isfinite(match)  # padding and other masked slots have match -inf
-  for group in group_words([p for p, ok in zip(pieces, valid) if ok]):
+  for group in group_words([p for p, ok in zip(pieces, valid, strict=True) if ok]):
     group = [int(k) for k in np.flatnonzero(valid)[group]]
     text = "".join(pieces[k] for k in group).replace("\u2581", "").strip(".,;:")
     scores = match[group]
@@ -138,6 +177,7 @@ def save_attention_png(
   )
   fig.tight_layout()
   import io
+
   import tensorflow as tf  # tf.io.gfile: the work dir may be on GCS
 
   buffer = io.BytesIO()

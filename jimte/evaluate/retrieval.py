@@ -9,7 +9,7 @@ The ground-truth text of image i is text i. Ties count against the model (a cons
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp

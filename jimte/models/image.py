@@ -4,18 +4,18 @@ Layout (paper sizes in brackets, for a 2048 px input):
 
 * stem: 7x7 conv, stride 4, BatchNorm, ReLU                  [2048 -> 512 px, 16 channels]
 * stages: two BasicBlocks each; every stage's first block halves the grid (the first stage only
-  when ``first_stage_stride`` is 2), with a 1x1 projection shortcut when the shape changes
+  when `first_stage_stride` is 2), with a 1x1 projection shortcut when the shape changes
                                                               [widths 16 .. 512, 512 -> 8 px]
-* soft spatial attention after chosen stages: ``x * (1 + m)``, m in [0, 1]
+* soft spatial attention after chosen stages: `x * (1 + m)`, m in [0, 1]
                                                               [after the 128 and 256 stages]
-* region head: 1x1 conv to ``embed_dim`` on the region stage  [16 x 16 regions of dim 512]
-* global head: adaptive average pool of the last stage to 2x2, flatten, Dense to ``embed_dim``
+* region head: 1x1 conv to `embed_dim` on the region stage  [16 x 16 regions of dim 512]
+* global head: adaptive average pool of the last stage to 2x2, flatten, Dense to `embed_dim`
 
-The region grid is ``S / (4 * 2**k)`` for an S-pixel input, k the number of halving stages up to
+The region grid is `S / (4 * 2**k)` for an S-pixel input, k the number of halving stages up to
 and including the region stage (paper: S / 128, so 2048 px gives 16 x 16 regions).
 
-Pure Flax linen: parameters live in ``params``, BatchNorm running statistics in ``batch_stats``
-(updated only when ``train=True`` and ``batch_stats`` is passed as mutable).
+Pure Flax linen: parameters live in `params`, BatchNorm running statistics in `batch_stats`
+(updated only when `train=True` and `batch_stats` is passed as mutable).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
   """Average-pools a [B, H, W, C] grid to [B, output_size, output_size, C] for any H, W >= 1.
 
   Bin i along an axis of length n covers [floor(i n / out), ceil((i + 1) n / out)): the bins of
-  PyTorch's adaptive average pooling, an exact tiling when n is a multiple of ``output_size`` and
+  PyTorch's adaptive average pooling, an exact tiling when n is a multiple of `output_size` and
   overlapping bins otherwise.
   """
 
@@ -116,11 +116,11 @@ class BasicBlock(nn.Module):
 
 
 class SoftAttention(nn.Module):
-  """Soft spatial attention, residual-attention style: returns ``(x * (1 + m), m)``.
+  """Soft spatial attention, residual-attention style: returns `(x * (1 + m), m)`.
 
   The mask branch max-pools by 2 (a wider receptive field than the trunk's), applies a 3x3 conv
   with BatchNorm and ReLU, then a 1x1 conv to one channel; the logits are resized bilinearly back
-  to the trunk's grid and squashed by a sigmoid, so m lies in [0, 1] and ``1 + m`` can emphasise
+  to the trunk's grid and squashed by a sigmoid, so m lies in [0, 1] and `1 + m` can emphasise
   trunk features but never erase them.
   """
 
@@ -164,7 +164,7 @@ class JoImTeRNetResNet(nn.Module):
   Attributes:
       embed_dim: dimension D of the region features and of the global embedding.
       widths: channels of each stage (paper: 16, 32, 64, 128, 256, 512).
-      stem_width: channels of the 7x7 stride-4 stem (None: ``widths[0]``).
+      stem_width: channels of the 7x7 stride-4 stem (None: `widths[0]`).
       blocks_per_stage: BasicBlocks per stage (paper: 2).
       first_stage_stride: stride of the first stage's first block (paper: 2); the first block of
           every later stage always has stride 2.
@@ -174,7 +174,7 @@ class JoImTeRNetResNet(nn.Module):
       global_pool_size: side of the adaptive pooling before the global Dense (paper: 2).
       attention_hidden: channels of the attention mask branch (None: stage width // 4, >= 8).
       bn_momentum: BatchNorm running-average momentum (0.9 equals PyTorch's momentum=0.1).
-      dtype: compute dtype (e.g. bfloat16); parameters stay in ``param_dtype``.
+      dtype: compute dtype (e.g. bfloat16); parameters stay in `param_dtype`.
       param_dtype: parameter dtype (float32).
       remat: recompute each BasicBlock in the backward pass instead of storing activations.
   """
@@ -202,7 +202,7 @@ class JoImTeRNetResNet(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> ImageOutput:
-    """Encodes images [B, S, S, 1] (float, in [-1, 1]) into an ``ImageOutput``."""
+    """Encodes images [B, S, S, 1] (float, in [-1, 1]) into an `ImageOutput`."""
     if images.ndim != 4 or images.shape[-1] != 1:
       raise ValueError(f"expected images [B, S, S, 1], got {images.shape}")
     if self.first_stage_stride not in (1, 2):

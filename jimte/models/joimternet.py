@@ -1,12 +1,12 @@
 """The joint JoImTeRNet model (image tower + text tower) and how it is built from a config.
 
-Model config (an ``ml_collections.ConfigDict``; see ``paper_model_config`` and
-``small_model_config``):
+Model config (an `ml_collections.ConfigDict`; see `paper_model_config` and
+`small_model_config`):
 
   embed_dim           int    dimension D shared by regions, global image vector, words, sentence
   dtype               str    compute dtype, "float32" or "bfloat16" (parameters are always float32)
   remat               bool   recompute image blocks / text layers in the backward pass
-  image.name          str    image tower in ``IMAGE_TOWERS`` ("joimternet_resnet")
+  image.name          str    image tower in `IMAGE_TOWERS` ("joimternet_resnet")
   image.widths        tuple  channels per stage (paper: 16, 32, 64, 128, 256, 512)
   image.stem_width    int    channels of the 7x7 stride-4 stem (paper: 16)
   image.blocks_per_stage int BasicBlocks per stage (paper: 2)
@@ -15,16 +15,16 @@ Model config (an ``ml_collections.ConfigDict``; see ``paper_model_config`` and
   image.region_stage  int    stage whose grid gives the regions (paper: -2 -> S / 128 regions)
   image.global_pool_size int side of the adaptive pool before the global head (paper: 2)
   image.bn_momentum   float  BatchNorm running-average momentum (0.9 = PyTorch momentum 0.1)
-  text.name           str    text tower in ``TEXT_TOWERS`` ("bert")
+  text.name           str    text tower in `TEXT_TOWERS` ("bert")
   text.vocab_size     int    must equal the SentencePiece model's vocabulary size
   text.max_len        int    longest token sequence (paper: 160)
   text.num_layers, text.num_heads, text.width, text.mlp_dim   Transformer shape (paper 3/8/512/2048)
   text.dropout, text.attention_dropout   float   dropout rates (paper 0.1)
   text.sentence_pooling str  "first" (paper) or "mean" (masked mean over the alignment words)
 
-The joint module's top-level parameter keys are exactly ``image`` and ``text`` (so that optimizers
-can be built per tower); BatchNorm statistics live in the ``batch_stats`` collection, under
-``image``.
+The joint module's top-level parameter keys are exactly `image` and `text` (so that optimizers
+can be built per tower); BatchNorm statistics live in the `batch_stats` collection, under
+`image`.
 """
 
 from __future__ import annotations
@@ -67,12 +67,12 @@ class JointOutput:
 
 
 class JoImTeRNet(nn.Module):
-  """Image tower + text tower. Any towers with the ``ImageOutput`` / ``TextOutput`` contracts fit.
+  """Image tower + text tower. Any towers with the `ImageOutput` / `TextOutput` contracts fit.
 
   Attributes:
-      image: image tower, called as ``image(images, train) -> ImageOutput``.
-      text: text tower, called as ``text(tokens, train) -> TextOutput`` and with a method
-          ``mlm_logits(tokens, train) -> [B, L, V]``.
+      image: image tower, called as `image(images, train) -> ImageOutput`.
+      text: text tower, called as `text(tokens, train) -> TextOutput` and with a method
+          `mlm_logits(tokens, train) -> [B, L, V]`.
   """
 
   image: nn.Module
@@ -110,7 +110,7 @@ class JoImTeRNet(nn.Module):
 def _build_joimternet_resnet(
   config: ml_collections.ConfigDict, embed_dim: int, dtype: Any, remat: bool
 ) -> nn.Module:
-  """The paper's ResNet image tower from ``model_config.image``."""
+  """The paper's ResNet image tower from `model_config.image`."""
   return JoImTeRNetResNet(
     embed_dim=embed_dim,
     widths=tuple(config.widths),
@@ -130,7 +130,7 @@ def _build_joimternet_resnet(
 def _build_bert(
   config: ml_collections.ConfigDict, embed_dim: int, dtype: Any, remat: bool
 ) -> nn.Module:
-  """The BERT-style text tower from ``model_config.text``."""
+  """The BERT-style text tower from `model_config.text`."""
   return BertTextEncoder(
     embed_dim=embed_dim,
     vocab_size=config.vocab_size,
@@ -159,7 +159,7 @@ def _lookup(registry: dict[str, TowerBuilder], name: str, kind: str) -> TowerBui
 
 
 def build_model(model_config: ml_collections.ConfigDict) -> JoImTeRNet:
-  """Builds the joint model described by ``model_config`` (fields in this module's docstring)."""
+  """Builds the joint model described by `model_config` (fields in this module's docstring)."""
   if model_config.dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {model_config.dtype!r}")
   dtype = DTYPES[model_config.dtype]
@@ -177,10 +177,10 @@ def build_model(model_config: ml_collections.ConfigDict) -> JoImTeRNet:
 def init_variables(
   model: JoImTeRNet, rng: jax.Array, image_size: int, text_length: int, batch_size: int = 1
 ) -> dict[str, Any]:
-  """Initialises all of the model's variables (``params`` and ``batch_stats``) from dummy inputs.
+  """Initialises all of the model's variables (`params` and `batch_stats`) from dummy inputs.
 
-  Every parameter, MLM head included, is created; shapes do not depend on ``batch_size``, and on
-  ``image_size`` / ``text_length`` only through validity (``text_length <= max_len``).
+  Every parameter, MLM head included, is created; shapes do not depend on `batch_size`, and on
+  `image_size` / `text_length` only through validity (`text_length <= max_len`).
   """
   images = jnp.zeros((batch_size, image_size, image_size, 1), jnp.float32)
   tokens = jnp.zeros((batch_size, text_length), jnp.int32)
@@ -198,7 +198,7 @@ def count_params(params: Any) -> int:
 def paper_model_config() -> ml_collections.ConfigDict:
   """The JoImTeRNet paper's sizes: 2048 px input -> 16x16 regions of dim 512; 3-layer BERT.
 
-  ``text.vocab_size`` must be set to the tokenizer's vocabulary size.
+  `text.vocab_size` must be set to the tokenizer's vocabulary size.
   """
   return ml_collections.ConfigDict(
     dict(
@@ -235,7 +235,7 @@ def paper_model_config() -> ml_collections.ConfigDict:
 def small_model_config() -> ml_collections.ConfigDict:
   """A CPU-sized model: 128 px input -> 8x8 regions of dim 128; 2-layer, width-128 text encoder.
 
-  ``text.vocab_size`` must be set to the tokenizer's vocabulary size.
+  `text.vocab_size` must be set to the tokenizer's vocabulary size.
   """
   config = paper_model_config()
   config.embed_dim = 128

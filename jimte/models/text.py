@@ -2,11 +2,11 @@
 
 Token embedding + learned position embedding, LayerNorm, dropout; then post-LayerNorm Transformer
 layers (multi-head self-attention and a GELU feed-forward block, each followed by dropout, a
-residual add and LayerNorm). Padding (token id ``PAD_ID``) is masked out of every attention, so
+residual add and LayerNorm). Padding (token id `PAD_ID`) is masked out of every attention, so
 valid positions do not depend on how much padding follows them. Heads:
 
-* word head: Dense to ``embed_dim`` on every position after the first (the alignment words);
-* sentence head: Dense to ``embed_dim`` on a pooled vector, see ``sentence_pooling``;
+* word head: Dense to `embed_dim` on every position after the first (the alignment words);
+* sentence head: Dense to `embed_dim` on a pooled vector, see `sentence_pooling`;
 * MLM head (BERT style): Dense + GELU + LayerNorm, then the transposed token embedding matrix
   (tied weights) plus a per-token bias.
 """
@@ -108,11 +108,11 @@ class BertTextEncoder(nn.Module):
           "mean": it reads the masked mean of the final states over the alignment words, i.e.
           positions 1..L-1 that are not PAD (the first token excluded, [EOS] included), so the
           sentence vector pools exactly the positions the word features cover.
-      dtype: compute dtype (e.g. bfloat16); parameters stay in ``param_dtype``.
+      dtype: compute dtype (e.g. bfloat16); parameters stay in `param_dtype`.
       param_dtype: parameter dtype (float32).
       remat: recompute each Transformer layer in the backward pass.
 
-  ``__call__`` uses the ``'dropout'`` rng when ``train`` is True.
+  `__call__` uses the `'dropout'` rng when `train` is True.
   """
 
   embed_dim: int
@@ -208,7 +208,7 @@ class BertTextEncoder(nn.Module):
     return self.mlm_logits_from_hidden(self.encode(tokens, train))
 
   def __call__(self, tokens: jax.Array, train: bool) -> TextOutput:
-    """Encodes tokens [B, L] (``[BOS] w1 .. wn [EOS] [PAD]..``) into a ``TextOutput``."""
+    """Encodes tokens [B, L] (`[BOS] w1 .. wn [EOS] [PAD]..`) into a `TextOutput`."""
     hidden = self.encode(tokens, train)
     word_mask = tokens[:, 1:] != PAD_ID
     if self.sentence_pooling == "first":

@@ -2,39 +2,39 @@
 
 Source: Cohen et al., "COVID-19 Image Data Collection: Prospective Predictions Are the Future"
 (arXiv:2006.11988), https://github.com/ieee8023/covid-chestxray-dataset. Each image has its own
-licence (``license`` column); the metadata is CC BY-NC-SA 4.0.
+licence (`license` column); the metadata is CC BY-NC-SA 4.0.
 
-Layout expected in ``--manual_dir`` (the repository's own layout)::
+Layout expected in `--manual_dir` (the repository's own layout)::
 
     metadata.csv            one row per image
-    images/<filename>       the image files named by the ``filename`` column
+    images/<filename>       the image files named by the `filename` column
 
-A ``metadata.csv`` with an extra ``image_file`` column (relative path of the image, as in the
-resized copy under ``shared/data/covid_chestxray``) is also accepted; that column then wins over
-``folder``/``filename``.
+A `metadata.csv` with an extra `image_file` column (relative path of the image, as in the
+resized copy under `shared/data/covid_chestxray`) is also accepted; that column then wins over
+`folder`/`filename`.
 
 What one record becomes
 -----------------------
-* Only ``modality == X-ray`` rows are used (others: excluded ``not X-ray``).
-* Config ``frontal`` (default) keeps PA / AP views (``PA``, ``AP``, ``AP Supine``, ``AP Erect``,
-  ...); lateral views are excluded as ``lateral view`` and rows with a blank or unknown view
-  (``''``, ``?``) as ``unknown view``. Config ``all_views`` keeps every X-ray.
-* ``text`` is ``clinical_notes`` with whitespace collapsed; rows without notes are skipped as
-  ``empty report`` (a note with bytes that are not UTF-8: ``non-UTF-8 report``).
+* Only `modality == X-ray` rows are used (others: excluded `not X-ray`).
+* Config `frontal` (default) keeps PA / AP views (`PA`, `AP`, `AP Supine`, `AP Erect`,
+  ...); lateral views are excluded as `lateral view` and rows with a blank or unknown view
+  (`''`, `?`) as `unknown view`. Config `all_views` keeps every X-ray.
+* `text` is `clinical_notes` with whitespace collapsed; rows without notes are skipped as
+  `empty report` (a note with bytes that are not UTF-8: `non-UTF-8 report`).
 * Several rows may reference one image file (the collection lists some cases twice under two
   patient ids). The first row (in file order) with a usable note keeps the image; the others are
-  skipped as ``duplicate image``. The patient ids linked by a shared image are merged into one
+  skipped as `duplicate image`. The patient ids linked by a shared image are merged into one
   patient *group* for splitting, so one radiograph can never sit in two splits. Two different
   files whose example key (file name without extension, lower case) coincide are skipped as
-  ``duplicate id``.
-* ``study_id`` is ``<patientid>_day<offset>`` (images of one patient on one day form a study)
-  or ``<patientid>_<key>`` when the offset is unknown; ``patient_id`` is ``patientid``.
+  `duplicate id`.
+* `study_id` is `<patientid>_day<offset>` (images of one patient on one day form a study)
+  or `<patientid>_<key>` when the offset is unknown; `patient_id` is `patientid`.
 * Split: deterministic by patient group, 70 % train / 10 % validation / 20 % test
-  (:func:`data_pipeline.builders.common.assign_split`, salt ``covid_cxr``).
+  (`data_pipeline.builders.common.assign_split`, salt `covid_cxr`).
 
-Images are normalised as described in :mod:`data_pipeline.builders.common` (config knobs
-``max_side``, ``min_side``, ``resize_side``). Skip counts are printed per split and stored in
-``metadata.json``. Strict mode: ``JIMTE_TFDS_STRICT=1`` or ``Builder(strict=True)``.
+Images are normalised as described in `data_pipeline.builders.common` (config knobs
+`max_side`, `min_side`, `resize_side`). Skip counts are printed per split and stored in
+`metadata.json`. Strict mode: `JIMTE_TFDS_STRICT=1` or `Builder(strict=True)`.
 
 CLI::
 
@@ -85,7 +85,7 @@ _CITATION = """\
 
 
 def view_kind(view: str) -> str:
-  """'frontal', 'lateral' or 'unknown' for a ``view`` cell (``AP Supine`` -> frontal)."""
+  """'frontal', 'lateral' or 'unknown' for a `view` cell (`AP Supine` -> frontal)."""
   words = view.replace("-", " ").upper().split()
   if not words:
     return "unknown"
@@ -98,11 +98,11 @@ def view_kind(view: str) -> str:
 
 @dataclasses.dataclass(eq=False)
 class CovidCxrConfig(common.ImageBuilderConfig):
-  """Config of :class:`Builder`.
+  """Config of `Builder`.
 
   Attributes:
     frontal_only: keep only PA/AP views (lateral and unknown views are excluded and counted).
-    split_fractions: ``[[split, fraction], ...]`` for the patient-group split.
+    split_fractions: `[[split, fraction], ...]` for the patient-group split.
   """
 
   frontal_only: bool = True
@@ -215,7 +215,7 @@ class Builder(common.ValidatingBuilder):
   def _plan(self, root: epath.Path, metadata_path: epath.Path) -> list[_Row]:
     """Reads metadata.csv, applies text/view/duplicate rules, assigns patient-group splits.
 
-    Returns the rows to load, each with ``group`` set to its split name. Rejections found
+    Returns the rows to load, each with `group` set to its split name. Rejections found
     here are recorded in the split of the record's patient group.
     """
     config = self.builder_config

@@ -4,56 +4,56 @@ Source: Demner-Fushman et al., "Preparing a collection of radiology examinations
 distribution and retrieval", JAMIA 2016; https://openi.nlm.nih.gov/faq#collection.
 Licence of reports and images: CC BY-NC-ND 4.0.
 
-Sources, looked up in this order (so nothing is downloaded when ``--manual_dir`` has it):
+Sources, looked up in this order (so nothing is downloaded when `--manual_dir` has it):
 
-* reports: ``ecgen-radiology/`` in ``manual_dir`` (or one folder below it), else
-  ``manual_dir/NLMCXR_reports.tgz`` (extracted by the download manager), else a download of
+* reports: `ecgen-radiology/` in `manual_dir` (or one folder below it), else
+  `manual_dir/NLMCXR_reports.tgz` (extracted by the download manager), else a download of
   https://openi.nlm.nih.gov/imgs/collections/NLMCXR_reports.tgz;
-* images: ``manual_dir/NLMCXR_png.tgz`` (extracted), else every ``*.png`` anywhere under
-  ``manual_dir`` (Open-i names ``CXR1_1_IM-0001-3001.png`` or Kaggle names
-  ``1_IM-0001-3001.dcm.png``), else a download of
+* images: `manual_dir/NLMCXR_png.tgz` (extracted), else every `*.png` anywhere under
+  `manual_dir` (Open-i names `CXR1_1_IM-0001-3001.png` or Kaggle names
+  `1_IM-0001-3001.dcm.png`), else a download of
   https://openi.nlm.nih.gov/imgs/collections/NLMCXR_png.tgz (about 1.3 GB).
 
-Each report ``ecgen-radiology/<n>.xml`` is one study of one patient: ``study_id`` is its
-``uId`` (``CXR123``) and ``patient_id`` the same id (the collection has one study per patient).
-Sections come from ``AbstractText`` (``COMPARISON``, ``INDICATION``, ``FINDINGS``,
-``IMPRESSION``), labels from ``MeSH/major`` and ``MeSH/automatic``, and the study's images from
-the ``parentImage`` ids. ``text`` is findings then impression (either may be missing; both
-missing: skipped as ``empty report``).
+Each report `ecgen-radiology/<n>.xml` is one study of one patient: `study_id` is its
+`uId` (`CXR123`) and `patient_id` the same id (the collection has one study per patient).
+Sections come from `AbstractText` (`COMPARISON`, `INDICATION`, `FINDINGS`,
+`IMPRESSION`), labels from `MeSH/major` and `MeSH/automatic`, and the study's images from
+the `parentImage` ids. `text` is findings then impression (either may be missing; both
+missing: skipped as `empty report`).
 
 Frontal vs lateral
 ------------------
 The reports do not say which image is which view. Each image gets a projection from, in order:
 
-1. ``indiana_projections.csv`` or ``projections.csv`` in ``manual_dir`` (Kaggle
-   "chest-xrays-indiana-university" table: ``uid, filename, projection`` with
-   ``Frontal``/``Lateral``; it covers 7,464 of the 7,470 images and is taken as ground truth);
-2. ``nlmcxr_dicom_metadata.csv.gz`` / ``dicom_metadata.csv.gz`` (DICOM header dump with
-   ``imageid`` and ``View Position``): ``LL``, ``RL``, ``LATERAL``, ``LARGE LATERAL`` mean
-   lateral and ``AP`` frontal (measured against 1.: 864 of 865 such images agree). ``PA`` and
-   blank are ignored: a third of the images tagged ``PA`` are laterals;
+1. `indiana_projections.csv` or `projections.csv` in `manual_dir` (Kaggle
+   "chest-xrays-indiana-university" table: `uid, filename, projection` with
+   `Frontal`/`Lateral`; it covers 7,464 of the 7,470 images and is taken as ground truth);
+2. `nlmcxr_dicom_metadata.csv.gz` / `dicom_metadata.csv.gz` (DICOM header dump with
+   `imageid` and `View Position`): `LL`, `RL`, `LATERAL`, `LARGE LATERAL` mean
+   lateral and `AP` frontal (measured against 1.: 864 of 865 such images agree). `PA` and
+   blank are ignored: a third of the images tagged `PA` are laterals;
 3. otherwise the view is unknown.
 
 The frontal image is the first image labelled frontal, else the first unlabelled image in report
 order; the lateral image is the first other image labelled lateral, else the first other
 unlabelled one. Measured against 1., using 2.+3. picks the frontal image right in 97.1 % of the
-studies, report order alone (3.) in 89.3 %: put ``projections.csv`` in ``manual_dir``. A study
-whose images are all labelled lateral is excluded as ``no frontal image``; a study without
-images as ``no image listed``. The feature ``view_source`` records which rule decided.
+studies, report order alone (3.) in 89.3 %: put `projections.csv` in `manual_dir`. A study
+whose images are all labelled lateral is excluded as `no frontal image`; a study without
+images as `no image listed`. The feature `view_source` records which rule decided.
 
 Splits
 ------
-* ``default``: deterministic by patient, 70 % train / 10 % validation / 20 % test
-  (:func:`data_pipeline.builders.common.assign_split` on the study id, salt ``iu_xray``).
-* ``r2gen``: the split of R2Gen (Chen et al., EMNLP 2020; train 2,069 / val 296 / test 590),
-  read from ``manual_dir/r2gen_annotation.json`` (or ``annotation.json``). Its ids
-  (``CXR2384_IM-0942``) map to the study ``CXR2384``; studies outside it are excluded as
-  ``not in R2Gen split``.
+* `default`: deterministic by patient, 70 % train / 10 % validation / 20 % test
+  (`data_pipeline.builders.common.assign_split` on the study id, salt `iu_xray`).
+* `r2gen`: the split of R2Gen (Chen et al., EMNLP 2020; train 2,069 / val 296 / test 590),
+  read from `manual_dir/r2gen_annotation.json` (or `annotation.json`). Its ids
+  (`CXR2384_IM-0942`) map to the study `CXR2384`; studies outside it are excluded as
+  `not in R2Gen split`.
 
-Images are normalised as described in :mod:`data_pipeline.builders.common` (``max_side``...).
-An unusable lateral image does not drop the study: ``has_lateral`` is False, ``image_lateral``
+Images are normalised as described in `data_pipeline.builders.common` (`max_side`...).
+An unusable lateral image does not drop the study: `has_lateral` is False, `image_lateral`
 is a 1x1 black placeholder, and the event is counted in the notes. Strict mode:
-``JIMTE_TFDS_STRICT=1`` or ``Builder(strict=True)``.
+`JIMTE_TFDS_STRICT=1` or `Builder(strict=True)`.
 
 CLI::
 
@@ -122,10 +122,10 @@ _CITATION = """\
 
 
 def canonical_image_key(name: str) -> str | None:
-  """Maps an Open-i image id or a file name to ``"<uid>/<IM-part>"``.
+  """Maps an Open-i image id or a file name to `"<uid>/<IM-part>"`.
 
-  ``CXR1_1_IM-0001-3001``, ``CXR1_1_IM-0001-3001.png`` and the Kaggle name
-  ``1_IM-0001-3001.dcm.png`` all give ``"1/IM-0001-3001"``. Returns None for names that do
+  `CXR1_1_IM-0001-3001`, `CXR1_1_IM-0001-3001.png` and the Kaggle name
+  `1_IM-0001-3001.dcm.png` all give `"1/IM-0001-3001"`. Returns None for names that do
   not follow the convention.
   """
   stem = name.rsplit("/", 1)[-1]
@@ -142,14 +142,14 @@ def canonical_image_key(name: str) -> str | None:
 
 
 def study_of_r2gen_id(r2gen_id: str) -> str | None:
-  """``CXR2384_IM-0942`` -> ``CXR2384``."""
+  """`CXR2384_IM-0942` -> `CXR2384`."""
   match = _STUDY_FROM_R2GEN.match(r2gen_id.strip())
   return match.group(1) if match else None
 
 
 @dataclasses.dataclass(frozen=True)
 class ParsedReport:
-  """The fields of one ``ecgen-radiology/<n>.xml``."""
+  """The fields of one `ecgen-radiology/<n>.xml`."""
 
   study_id: str
   comparison: str
@@ -165,7 +165,7 @@ def parse_report(raw: bytes) -> ParsedReport:
   """Parses one Open-i XML report.
 
   Raises:
-    RecordRejected: ``non-UTF-8 report`` or ``malformed report``.
+    RecordRejected: `non-UTF-8 report` or `malformed report`.
   """
   common.decode_report(raw)  # Validates the encoding before the XML parser sees it.
   try:
@@ -209,11 +209,11 @@ def parse_report(raw: bytes) -> ParsedReport:
 
 @dataclasses.dataclass(eq=False)
 class IuXrayConfig(common.ImageBuilderConfig):
-  """Config of :class:`Builder`.
+  """Config of `Builder`.
 
   Attributes:
-    split_scheme: ``"patient"`` (hash of the patient id) or ``"r2gen"``.
-    split_fractions: ``[[split, fraction], ...]`` for ``split_scheme="patient"``.
+    split_scheme: `"patient"` (hash of the patient id) or `"r2gen"`.
+    split_fractions: `[[split, fraction], ...]` for `split_scheme="patient"`.
   """
 
   split_scheme: str = "patient"
@@ -311,7 +311,7 @@ class Builder(common.ValidatingBuilder):
     return epath.Path(dl_manager.download_and_extract(REPORTS_URL)) / "ecgen-radiology"
 
   def _image_index(self, manual: epath.Path | None, dl_manager) -> dict[str, str]:
-    """canonical image key -> path of every PNG found (see :func:`canonical_image_key`)."""
+    """canonical image key -> path of every PNG found (see `canonical_image_key`)."""
     roots: list[epath.Path] = []
     if manual is not None:
       archive = common.find_first(manual, ("NLMCXR_png.tgz", "NLMCXR_png.tar.gz"))

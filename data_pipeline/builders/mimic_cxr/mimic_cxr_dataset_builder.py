@@ -2,10 +2,10 @@
 
 Source: Johnson et al., MIMIC-CXR-JPG (PhysioNet, credentialed access:
 https://physionet.org/content/mimic-cxr-jpg/). Nothing is downloaded: the data must be placed in
-``--manual_dir`` under the PhysioNet data use agreement.
+`--manual_dir` under the PhysioNet data use agreement.
 
-``--manual_dir`` layout (the PhysioNet layout; the folder holding the CSVs may also be up to
-four levels below ``manual_dir``, e.g. ``physionet.org/files/mimic-cxr-jpg/2.0.0/``)::
+`--manual_dir` layout (the PhysioNet layout; the folder holding the CSVs may also be up to
+four levels below `manual_dir`, e.g. `physionet.org/files/mimic-cxr-jpg/2.0.0/`)::
 
     mimic-cxr-2.0.0-split.csv[.gz]      dicom_id, study_id, subject_id, split
     mimic-cxr-2.0.0-metadata.csv[.gz]   dicom_id, subject_id, study_id, ViewPosition, ...
@@ -16,28 +16,28 @@ four levels below ``manual_dir``, e.g. ``physionet.org/files/mimic-cxr-jpg/2.0.0
       extracted) files/pXX/pSUBJECT/sSTUDY.txt                      (reports next to the image
       folders) mimic-cxr-reports.zip                              (read in place)
 
-One example per frontal image (``ViewPosition`` ``PA`` or ``AP``; other views are excluded as
-``not frontal view``), in the official split (``validate`` is named ``validation``; images absent
-from the split file are excluded as ``not in official split``). Images of one study share
-``study_id`` (``s<study_id>``) and the report; ``patient_id`` is ``p<subject_id>``.
+One example per frontal image (`ViewPosition` `PA` or `AP`; other views are excluded as
+`not frontal view`), in the official split (`validate` is named `validation`; images absent
+from the split file are excluded as `not in official split`). Images of one study share
+`study_id` (`s<study_id>`) and the report; `patient_id` is `p<subject_id>`.
 
-``labels`` are the 14 CheXpert observations of the study in
-:data:`data_pipeline.builders.common.CHEXPERT_OBSERVATIONS` order: 1 positive, 0 negative,
+`labels` are the 14 CheXpert observations of the study in
+`data_pipeline.builders.common.CHEXPERT_OBSERVATIONS` order: 1 positive, 0 negative,
 -1 uncertain, NaN blank. A study missing from the CheXpert file gets all-NaN labels (counted in
-the notes as ``no CheXpert labels``).
+the notes as `no CheXpert labels`).
 
-``text`` is the FINDINGS section followed by the IMPRESSION section (``FINDINGS AND
-IMPRESSION`` counts as findings; ``CONCLUSION`` as impression). A section header is an
+`text` is the FINDINGS section followed by the IMPRESSION section (`FINDINGS AND
+IMPRESSION` counts as findings; `CONCLUSION` as impression). A section header is an
 upper-case phrase at the start of a line followed by a colon; a section runs to the next header.
 When a report has neither section, the whole report (whitespace collapsed) is used and counted in
-the notes as ``no FINDINGS/IMPRESSION (whole report used)``. A missing report file is skipped as
-``missing report``; empty or non-UTF-8 reports as ``empty report`` / ``non-UTF-8 report``.
+the notes as `no FINDINGS/IMPRESSION (whole report used)`. A missing report file is skipped as
+`missing report`; empty or non-UTF-8 reports as `empty report` / `non-UTF-8 report`.
 
 Scale: the CSVs are streamed once into compact per-split lists (about 240k frontal images for
 2.0.0); images and reports are read lazily while examples are written, and each report is read
-once per study. For a distributed build, the per-image work (:meth:`Builder._example_for`) is a
-function of one planned record and can be mapped over the plan with a Beam ``FlatMap``
-(``tfds build ... --beam_pipeline_options``), with the skip counts moved to Beam metrics; the
+once per study. For a distributed build, the per-image work (`Builder._example_for`) is a
+function of one planned record and can be mapped over the plan with a Beam `FlatMap`
+(`tfds build ... --beam_pipeline_options`), with the skip counts moved to Beam metrics; the
 builder as written generates in one process so the skip accounting stays exact.
 """
 
@@ -101,9 +101,9 @@ _CITATION = """\
 
 
 def extract_sections(report: str) -> dict[str, str]:
-  """Splits a free-text report into ``{HEADER: text}`` (whitespace collapsed).
+  """Splits a free-text report into `{HEADER: text}` (whitespace collapsed).
 
-  Text before the first header is stored under ``""``; repeated headers are concatenated.
+  Text before the first header is stored under `""`; repeated headers are concatenated.
   """
   sections: dict[str, list[str]] = collections.defaultdict(list)
   matches = list(_HEADER.finditer(report))
@@ -120,7 +120,7 @@ def extract_sections(report: str) -> dict[str, str]:
 
 
 def findings_and_impression(report: str) -> tuple[str, str, bool]:
-  """(findings, impression, found): ``found`` is False when neither section exists."""
+  """(findings, impression, found): `found` is False when neither section exists."""
   sections = extract_sections(report)
   findings = " ".join(v for k, v in sections.items() if k in _FINDINGS_HEADERS and v)
   impression = " ".join(v for k, v in sections.items() if k in _IMPRESSION_HEADERS and v)
@@ -129,10 +129,10 @@ def findings_and_impression(report: str) -> tuple[str, str, bool]:
 
 @dataclasses.dataclass(eq=False)
 class MimicCxrConfig(common.ImageBuilderConfig):
-  """Config of :class:`Builder`.
+  """Config of `Builder`.
 
   Attributes:
-    views: accepted ``ViewPosition`` values (default: the frontal ``PA`` and ``AP``).
+    views: accepted `ViewPosition` values (default: the frontal `PA` and `AP`).
   """
 
   views: Sequence[str] = ("PA", "AP")
@@ -203,7 +203,7 @@ class Builder(common.ValidatingBuilder):
   def _find_root(manual: epath.Path) -> epath.Path:
     """The folder holding the MIMIC-CXR-JPG CSVs (breadth-first, <= 4 levels below).
 
-    The per-patient image and report shards (``pXX``, ``pSUBJECT``, ``sSTUDY``) are never
+    The per-patient image and report shards (`pXX`, `pSUBJECT`, `sSTUDY`) are never
     entered, so the search stays cheap on the full archive.
     """
     frontier = [manual]
@@ -288,7 +288,7 @@ class Builder(common.ValidatingBuilder):
     root: epath.Path,
     images: list[_Image],
     labels: dict[str, np.ndarray],
-    reports: "_ReportStore",
+    reports: _ReportStore,
   ) -> Iterator[tuple[str, dict]]:
     try:
       for image in images:
@@ -305,7 +305,7 @@ class Builder(common.ValidatingBuilder):
     root: epath.Path,
     image: _Image,
     labels: dict[str, np.ndarray],
-    reports: "_ReportStore",
+    reports: _ReportStore,
   ) -> dict | None:
     """The example of one planned image, or None (counted) when it is unusable."""
     ledger = self.ledger
@@ -367,7 +367,7 @@ class _ReportStore:
   def get(self, subject: str, study: str) -> tuple[str, str, str, bool]:
     """(findings, impression, text, sections_found); raises RecordRejected.
 
-    A rejection's ``detail`` holds the report path (used as the 'file' in messages).
+    A rejection's `detail` holds the report path (used as the 'file' in messages).
     """
     key = (subject, study)
     if key != self._last_key:

@@ -1,24 +1,24 @@
-"""TFDS builder for the built-in synthetic chest X-ray set (:mod:`data_pipeline.phantoms`).
+"""TFDS builder for the built-in synthetic chest X-ray set (`data_pipeline.phantoms`).
 
-Nothing is read or downloaded: example ``i`` of split ``s`` is
-``phantoms.generate_example(i, split=s, seed=config.seed, config=PhantomConfig(...))``, a pure
-function of ``(seed, split, index)``, so a build is reproducible bit for bit and the splits are
+Nothing is read or downloaded: example `i` of split `s` is
+`phantoms.generate_example(i, split=s, seed=config.seed, config=PhantomConfig(...))`, a pure
+function of `(seed, split, index)`, so a build is reproducible bit for bit and the splits are
 patient-disjoint by construction (phantom patient ids carry the split name).
 
-Features: the contract keys (``image`` uint8 [S, S, 1], ``text`` = findings then impression,
-``study_id``, ``patient_id``, ``labels`` float32 [14] in CheXpert order) plus the phantom's ground
-truth in fixed-size padded form (``phantoms.findings_to_arrays``: ``finding_id``,
-``finding_region``, ``finding_box`` [y0, x0, y1, x1] in [0, 1], ``finding_severity``,
-``finding_span``/``finding_term_span`` (character offsets into ``text``), ``finding_valid``), the
-29 anatomical ``region_boxes``, ``index``, and the ``findings_text`` / ``impression_text`` halves
-of the report. ``builder.info.metadata`` names the finding kinds, CheXpert observations and
+Features: the contract keys (`image` uint8 [S, S, 1], `text` = findings then impression,
+`study_id`, `patient_id`, `labels` float32 [14] in CheXpert order) plus the phantom's ground
+truth in fixed-size padded form (`phantoms.findings_to_arrays`: `finding_id`,
+`finding_region`, `finding_box` [y0, x0, y1, x1] in [0, 1], `finding_severity`,
+`finding_span`/`finding_term_span` (character offsets into `text`), `finding_valid`), the
+29 anatomical `region_boxes`, `index`, and the `findings_text` / `impression_text` halves
+of the report. `builder.info.metadata` names the finding kinds, CheXpert observations and
 regions that the integer ids index.
 
-Configs (``n_train`` / ``n_validation`` / ``n_test`` examples at ``image_size`` px):
+Configs (`n_train` / `n_validation` / `n_test` examples at `image_size` px):
 
-* ``default``: 3000 / 300 / 300 at 128 px (the data of ``configs/default.py``);
-* ``small``: 200 / 50 / 50 at 64 px (smoke tests);
-* ``large``: 20000 / 2000 / 2000 at 256 px.
+* `default`: 3000 / 300 / 300 at 128 px (the data of `configs/default.py`);
+* `small`: 200 / 50 / 50 at 64 px (smoke tests);
+* `large`: 20000 / 2000 / 2000 at 256 px.
 
 Custom sizes from the CLI, e.g.::
 
@@ -26,9 +26,9 @@ Custom sizes from the CLI, e.g.::
         --config '{"name": "syn512", "n_train": 4096, "n_validation": 512, "n_test": 512,
                    "image_size": 512, "seed": 1, "phantom": {"abnormal_probability": 0.8}}'
 
-``phantom`` holds extra :class:`data_pipeline.phantoms.PhantomConfig` fields. Every generated
+`phantom` holds extra `data_pipeline.phantoms.PhantomConfig` fields. Every generated
 example is still checked against the contract (non-empty text, uint8 [S, S, 1] image, unique
-study id) with the shared skip accounting of :mod:`data_pipeline.builders.common`.
+study id) with the shared skip accounting of `data_pipeline.builders.common`.
 """
 
 from __future__ import annotations
@@ -68,13 +68,13 @@ def _tuplify(value: Any) -> Any:
 
 @dataclasses.dataclass(eq=False)
 class SyntheticCxrConfig(tfds.core.BuilderConfig):
-  """Config of :class:`Builder`.
+  """Config of `Builder`.
 
   Attributes:
     n_train, n_validation, n_test: examples per split (0 leaves the split out).
     image_size: side of the square phantoms in pixels (>= 32).
     seed: generator seed; with the split name and the index it fixes every example.
-    phantom: extra ``PhantomConfig`` fields (e.g. ``{"abnormal_probability": 0.8}``).
+    phantom: extra `PhantomConfig` fields (e.g. `{"abnormal_probability": 0.8}`).
   """
 
   n_train: int = 3000
