@@ -43,7 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
-from data_pipeline.labels import CHEXPERT_OBSERVATIONS, LabelResult, ReportLabeler  # noqa: E402
+from data_pipeline.labels import LabelResult, ReportLabeler  # noqa: E402
+from data_pipeline.names import CHEXPERT_OBSERVATIONS  # noqa: E402
 
 DEFAULT_REPORTS = REPO.parent / "shared" / "data" / "iu_xray" / "reports_openi.csv"
 

@@ -1,9 +1,7 @@
 """Anatomical regions of a frontal chest X-ray and the geometry of the synthetic chest phantom.
 
-Two things live here:
+The region names themselves live in `data_pipeline.names`; here:
 
-* `CHEST_IMAGENOME_REGIONS`: the 29 Chest ImaGenome region names (Wu et al., 2021) in the standard
-  index order 0..28 used by region-level models, so every component names places the same way.
 * `ChestGeometry` and `Pose`: the parametric anatomy that `data_pipeline.phantoms` draws. The
   same curves (lung borders, diaphragm domes, heart ellipse, ...) are used to render the phantom and
   to compute each region's box, so ground-truth boxes stay right after the random pose of every
@@ -27,43 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-# The 29 Chest ImaGenome anatomical regions, in the standard index order.
-CHEST_IMAGENOME_REGIONS: tuple[str, ...] = (
-  "right lung",
-  "right upper lung zone",
-  "right mid lung zone",
-  "right lower lung zone",
-  "right hilar structures",
-  "right apical zone",
-  "right costophrenic angle",
-  "right hemidiaphragm",
-  "left lung",
-  "left upper lung zone",
-  "left mid lung zone",
-  "left lower lung zone",
-  "left hilar structures",
-  "left apical zone",
-  "left costophrenic angle",
-  "left hemidiaphragm",
-  "trachea",
-  "spine",
-  "right clavicle",
-  "left clavicle",
-  "aortic arch",
-  "mediastinum",
-  "upper mediastinum",
-  "svc",
-  "cardiac silhouette",
-  "cavoatrial junction",
-  "right atrium",
-  "carina",
-  "abdomen",
-)
-
-# Region name -> index in `CHEST_IMAGENOME_REGIONS`.
-REGION_INDEX: dict[str, int] = {name: i for i, name in enumerate(CHEST_IMAGENOME_REGIONS)}
-
-NUM_REGIONS = len(CHEST_IMAGENOME_REGIONS)
+from data_pipeline.names import CHEST_IMAGENOME_REGIONS
 
 # Patient sides. "right" is the patient's right, drawn on the image's left.
 SIDES: tuple[str, str] = ("right", "left")
@@ -85,14 +47,6 @@ def side_sign(side: str) -> float:
   if side == "left":
     return 1.0
   raise ValueError(f"side must be 'right' or 'left', got {side!r}")
-
-
-def region_id(name: str) -> int:
-  """Index of a Chest ImaGenome region name; raises `KeyError` naming the bad region."""
-  try:
-    return REGION_INDEX[name]
-  except KeyError:
-    raise KeyError(f"{name!r} is not one of the 29 Chest ImaGenome regions") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,9 +92,9 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.names import CHEXPERT_OBSERVATIONS, REGION_INDEX
+
 __all__ = [
-  "CHEXPERT_OBSERVATIONS",
-  "CHEST_IMAGENOME_REGIONS",
   "EXTRA_UNMENTIONS",
   "PHRASES_ENV_VAR",
   "POSITIVE",
@@ -109,27 +109,6 @@ __all__ = [
   "split_sentences",
 ]
 
-# The 14 CheXpert observations, in the column order of the CheXpert labeler output.
-CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
-  "No Finding",
-  "Enlarged Cardiomediastinum",
-  "Cardiomegaly",
-  "Lung Lesion",
-  "Lung Opacity",
-  "Edema",
-  "Consolidation",
-  "Pneumonia",
-  "Atelectasis",
-  "Pneumothorax",
-  "Pleural Effusion",
-  "Pleural Other",
-  "Fracture",
-  "Support Devices",
-)
-
-# The 29 Chest ImaGenome anatomical regions (Wu et al., 2021), in the standard index order 0..28.
-# The 29 Chest ImaGenome region names, in their standard index order (one definition: anatomy.py).
-from data_pipeline.anatomy import CHEST_IMAGENOME_REGIONS  # noqa: E402
 
 # Environment variable naming the phrase-list directory (`.../labelers/chexpert/phrases`).
 PHRASES_ENV_VAR = "JIMTE_CHEXPERT_PHRASES"
@@ -174,7 +153,6 @@ EXTRA_UNMENTIONS: Mapping[str, tuple[str, ...]] = {
 }
 
 _OBS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CHEXPERT_OBSERVATIONS)}
-_REGION_INDEX: dict[str, int] = {name: i for i, name in enumerate(CHEST_IMAGENOME_REGIONS)}
 _NO_FINDING = "No Finding"
 _SUPPORT = "Support Devices"
 
@@ -820,7 +798,7 @@ class LabelResult:
         continue
       acc.setdefault(m.observation, set()).update(m.regions)
     return {
-      obs: tuple(sorted(acc[obs], key=_REGION_INDEX.__getitem__))
+      obs: tuple(sorted(acc[obs], key=REGION_INDEX.__getitem__))
       for obs in CHEXPERT_OBSERVATIONS
       if obs in acc
     }
@@ -1275,7 +1253,7 @@ class ReportLabeler:
       if not out and lung:
         suffix = "costophrenic angle" if effusion else "lung"
         out.update((f"right {suffix}", f"left {suffix}"))
-    return tuple(sorted(out, key=_REGION_INDEX.__getitem__))
+    return tuple(sorted(out, key=REGION_INDEX.__getitem__))
 
   # ---------------------------------------------------------------- aggregation
   @staticmethod

@@ -36,8 +36,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from data_pipeline import anatomy
-from data_pipeline.anatomy import CHEST_IMAGENOME_REGIONS, ChestGeometry, Pose, region_id, side_sign
-from data_pipeline.labels import CHEXPERT_OBSERVATIONS
+from data_pipeline.anatomy import ChestGeometry, Pose, side_sign
+from data_pipeline.names import CHEST_IMAGENOME_REGIONS, CHEXPERT_OBSERVATIONS, region_id
 
 # ----------------------------------------------------------------------------------------------
 # Vocabularies

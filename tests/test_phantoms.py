@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from data_pipeline import anatomy, phantoms
-from data_pipeline.anatomy import CHEST_IMAGENOME_REGIONS, REGION_INDEX
+from data_pipeline import anatomy, names, phantoms
+from data_pipeline.names import CHEST_IMAGENOME_REGIONS, REGION_INDEX
 
 SMALL = phantoms.PhantomConfig(image_size=64)
 MEDIUM = phantoms.PhantomConfig(image_size=96)
@@ -65,7 +65,7 @@ def test_region_names_are_the_29_chest_imagenome_regions():
     with open(official, encoding="utf-8") as f:
       assert tuple(line.strip() for line in f if line.strip()) == CHEST_IMAGENOME_REGIONS
   with pytest.raises(KeyError, match="not one of the 29"):
-    anatomy.region_id("left lower lobe")
+    names.region_id("left lower lobe")
 
 
 def test_pose_round_trip_and_box_transforms():

@@ -95,7 +95,6 @@ from etils import epath
 from PIL import Image, ImageOps
 
 __all__ = [
-  "CHEXPERT_OBSERVATIONS",
   "CORRUPT_IMAGE",
   "DEFAULT_SPLIT_FRACTIONS",
   "DUPLICATE_ID",
@@ -148,7 +147,7 @@ DUPLICATE_IMAGE = "duplicate image"
 
 # The 14 CheXpert observations in the CheXpert labeler's output order (the order of the
 # `labels` vector of the Example contract).
-from data_pipeline.labels import CHEXPERT_OBSERVATIONS  # noqa: E402  (one definition)
+from data_pipeline.names import CHEXPERT_OBSERVATIONS  # noqa: E402
 
 # Default patient-level split: 70 % train, 10 % validation, 20 % test.
 DEFAULT_SPLIT_FRACTIONS: tuple[tuple[str, float], ...] = (

@@ -22,7 +22,7 @@ from the split file are excluded as `not in official split`). Images of one stud
 `study_id` (`s<study_id>`) and the report; `patient_id` is `p<subject_id>`.
 
 `labels` are the 14 CheXpert observations of the study in
-`data_pipeline.builders.common.CHEXPERT_OBSERVATIONS` order: 1 positive, 0 negative,
+`data_pipeline.names.CHEXPERT_OBSERVATIONS` order: 1 positive, 0 negative,
 -1 uncertain, NaN blank. A study missing from the CheXpert file gets all-NaN labels (counted in
 the notes as `no CheXpert labels`).
 
@@ -59,9 +59,11 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 try:
+  from data_pipeline import names
   from data_pipeline.builders import common
 except ModuleNotFoundError:  # `tfds build <path>` run without `pip install -e .`
   sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+  from data_pipeline import names
   from data_pipeline.builders import common
 
 NOT_FRONTAL = "not frontal view"
@@ -186,10 +188,10 @@ class Builder(common.ValidatingBuilder):
           "dicom_id": tfds.features.Text(),
           "view_position": tfds.features.Text(doc="PA or AP"),
           "labels": tfds.features.Tensor(
-            shape=(len(common.CHEXPERT_OBSERVATIONS),),
+            shape=(len(names.CHEXPERT_OBSERVATIONS),),
             dtype=np.float32,
             doc="CheXpert: 1 pos, 0 neg, -1 uncertain, NaN blank; order: "
-            + ", ".join(common.CHEXPERT_OBSERVATIONS),
+            + ", ".join(names.CHEXPERT_OBSERVATIONS),
           ),
         }
       ),

@@ -43,11 +43,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 try:
-  from data_pipeline import phantoms
+  from data_pipeline import names, phantoms
   from data_pipeline.builders import common
 except ModuleNotFoundError:  # `tfds build <path>` run without `pip install -e .`
   sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-  from data_pipeline import phantoms
+  from data_pipeline import names, phantoms
   from data_pipeline.builders import common
 
 SPLITS = ("train", "validation", "test")
@@ -143,7 +143,7 @@ class Builder(common.ValidatingBuilder):
     metadata = tfds.core.MetadataDict(
       finding_names=list(phantoms.FINDING_NAMES),
       chexpert_labels=list(phantoms.CHEXPERT_LABELS),
-      regions=list(phantoms.CHEST_IMAGENOME_REGIONS),
+      regions=list(names.CHEST_IMAGENOME_REGIONS),
       severity_names=list(phantoms.SEVERITY_NAMES),
     )
     return tfds.core.DatasetInfo(
