@@ -1,5 +1,5 @@
-"""Tests of the built-in synthetic chest X-ray set (data_pipeline.phantoms and
-data_pipeline.anatomy)."""
+"""Tests of the built-in synthetic chest X-ray set (`data_pipeline.phantoms`, its geometry
+included)."""
 
 import dataclasses
 import math
@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from data_pipeline import anatomy, names, phantoms
-from data_pipeline.names import CHEST_IMAGENOME_REGIONS, REGION_INDEX
+from data_pipeline import names, phantoms
+from data_pipeline.names import CHEST_IMAGENOME_REGIONS, CHEXPERT_OBSERVATIONS, REGION_INDEX
+from data_pipeline.phantoms import geometry, preview
 
 SMALL = phantoms.PhantomConfig(image_size=64)
 MEDIUM = phantoms.PhantomConfig(image_size=96)
@@ -46,7 +47,7 @@ def _same_example(a, b):
   assert a["findings"] == b["findings"]
 
 
-# ------------------------------------------------------------------------------------ anatomy
+# ------------------------------------------------------------------------------------ geometry
 
 
 def test_region_names_are_the_29_chest_imagenome_regions():
@@ -69,7 +70,7 @@ def test_region_names_are_the_29_chest_imagenome_regions():
 
 
 def test_pose_round_trip_and_box_transforms():
-  pose = anatomy.Pose(shift_y=0.03, shift_x=-0.02, angle=math.radians(5), scale=0.95)
+  pose = geometry.Pose(shift_y=0.03, shift_x=-0.02, angle=math.radians(5), scale=0.95)
   v, u = np.random.default_rng(0).uniform(0, 1, (2, 50))
   y, x = pose.to_image(v, u)
   v2, u2 = pose.to_canonical(y, x)
@@ -80,42 +81,42 @@ def test_pose_round_trip_and_box_transforms():
   for box, expected in zip(boxes, vectorised, strict=True):
     np.testing.assert_allclose(pose.box_to_image(tuple(box)), expected, atol=1e-6)
   # The identity pose leaves boxes unchanged.
-  np.testing.assert_allclose(anatomy.Pose().boxes_to_image(boxes), boxes, atol=1e-6)
+  np.testing.assert_allclose(geometry.Pose().boxes_to_image(boxes), boxes, atol=1e-6)
 
 
 def test_region_boxes_follow_anatomy_and_pose():
   rng = np.random.default_rng(3)
   for _ in range(20):
-    geometry = anatomy.sample_geometry(rng)
-    pose = anatomy.sample_pose(rng)
-    boxes = geometry.region_boxes(pose)
+    chest = geometry.sample_geometry(rng)
+    pose = geometry.sample_pose(rng)
+    boxes = chest.region_boxes(pose)
     assert boxes.shape == (29, 4) and boxes.dtype == np.float32
     assert np.all(boxes >= 0) and np.all(boxes <= 1)
     assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
-    named = anatomy.region_box_dict(boxes)
+    named = geometry.region_box_dict(boxes)
     # Radiological convention: the patient's right lung is on the image's left.
     assert named["right lung"][1] < named["left lung"][1]
     # Lung zones run top to bottom and sit inside their lung.
-    for side in anatomy.SIDES:
+    for side in geometry.SIDES:
       tops = [named[f"{side} {z} lung zone"][0] for z in ("upper", "mid", "lower")]
       assert tops == sorted(tops)
       for zone in ("upper", "mid", "lower"):
         assert (
-          anatomy.box_inside_fraction(named[f"{side} {zone} lung zone"], named[f"{side} lung"])
+          geometry.box_inside_fraction(named[f"{side} {zone} lung zone"], named[f"{side} lung"])
           > 0.95
         )
     assert named["carina"][0] < named["cardiac silhouette"][0] < named["abdomen"][2]
     # A lung centre really is inside the drawn lung field.
-    canonical = geometry.canonical_region_boxes()["right mid lung zone"]
+    canonical = chest.canonical_region_boxes()["right mid lung zone"]
     v, u = (canonical[0] + canonical[2]) / 2, (canonical[1] + canonical[3]) / 2
-    assert geometry.lung_signed_distance(v, u, "right") < 0
-    assert geometry.lung_signed_distance(v, u, "left") > 0
+    assert chest.lung_signed_distance(v, u, "right") < 0
+    assert chest.lung_signed_distance(v, u, "left") > 0
 
 
 def test_enlarged_heart_grows_the_cardiac_silhouette():
-  geometry = anatomy.sample_geometry(np.random.default_rng(1))
-  bigger = geometry.with_enlarged_heart(1.3)
-  before = geometry.canonical_region_boxes()["cardiac silhouette"]
+  chest = geometry.sample_geometry(np.random.default_rng(1))
+  bigger = chest.with_enlarged_heart(1.3)
+  before = chest.canonical_region_boxes()["cardiac silhouette"]
   after = bigger.canonical_region_boxes()["cardiac silhouette"]
   assert (after[3] - after[1]) > 1.2 * (before[3] - before[1])
 
@@ -165,7 +166,7 @@ def test_image_dtype_shape_range_and_anatomy(size):
     image = example["image"]
     assert image.dtype == np.uint8 and image.shape == (size, size, 1)
     assert image.min() < 40 and image.max() > 180  # uses the dynamic range
-    named = anatomy.region_box_dict(example["region_boxes"])
+    named = geometry.region_box_dict(example["region_boxes"])
 
     def centre_mean(name, shrink=0.3, named=named, image=image):
       y0, x0, y1, x1 = named[name]
@@ -200,7 +201,7 @@ def test_findings_change_pixels_inside_their_boxes():
       inside[y0:y1, x0:x1] = True
       assert diff[inside].mean() > 4.0, (key, index)  # visible
       assert diff[inside].mean() > 10 * diff[~inside].mean() + 1e-6, (key, index)  # localised
-  expected = set(phantoms.FINDING_NAMES) - {"support_device"} | set(phantoms._DEVICE_VARIANTS)
+  expected = set(phantoms.FINDING_NAMES) - {"support_device"} | set(phantoms.DEVICE_VARIANTS)
   assert seen == expected
 
 
@@ -246,7 +247,7 @@ def test_ground_truth_boxes_lie_in_the_image_and_their_region(examples):
       assert finding["region"] in REGION_INDEX
       assert finding["region_id"] == REGION_INDEX[finding["region"]]
       region = example["region_boxes"][finding["region_id"]]
-      assert anatomy.box_inside_fraction(finding["box"], region) >= 0.5, finding
+      assert geometry.box_inside_fraction(finding["box"], region) >= 0.5, finding
       cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
       assert (
         region[0] - 0.05 <= cy <= region[2] + 0.05 and region[1] - 0.05 <= cx <= region[3] + 0.05
@@ -306,32 +307,32 @@ def test_negated_findings_are_not_in_the_ground_truth(examples):
         if any(w in lowered for w in words):
           negated_any += 1
           assert kind not in present, (sentence, present)
-          label = phantoms.CHEXPERT_INDEX[phantoms.FINDING_TO_CHEXPERT[kind]]
+          label = CHEXPERT_OBSERVATIONS.index(phantoms.FINDING_TO_CHEXPERT[kind])
           assert example["labels"][label] != 1.0
   assert negated_any > 100
 
 
 def test_labels_are_consistent_with_findings(examples):
-  index = phantoms.CHEXPERT_INDEX
+  index = CHEXPERT_OBSERVATIONS.index
   for example in examples:
     labels = example["labels"]
     assert labels.dtype == np.float32 and labels.shape == (14,)
     assert all(np.isnan(x) or x in (-1.0, 0.0, 1.0) for x in labels)
     kinds = {f["name"] for f in example["findings"]}
     for kind in kinds:
-      assert labels[index[phantoms.FINDING_TO_CHEXPERT[kind]]] == 1.0
-    for name, value in zip(phantoms.CHEXPERT_LABELS, labels, strict=True):
+      assert labels[index(phantoms.FINDING_TO_CHEXPERT[kind])] == 1.0
+    for name, value in zip(CHEXPERT_OBSERVATIONS, labels, strict=True):
       if value == 1.0 and name not in SECONDARY_LABELS | {"No Finding"}:
         assert any(phantoms.FINDING_TO_CHEXPERT[k] == name for k in kinds), (name, kinds)
       if value == -1.0:
         assert name == "Pneumonia" and "consolidation" in kinds
     pathology = kinds - {"support_device"}
     if pathology:
-      assert np.isnan(labels[index["No Finding"]])
+      assert np.isnan(labels[index("No Finding")])
     else:
-      assert labels[index["No Finding"]] == 1.0
+      assert labels[index("No Finding")] == 1.0
     for never in ("Pleural Other",):
-      assert np.isnan(labels[index[never]])
+      assert np.isnan(labels[index(never)])
 
 
 def test_reports_read_like_radiology_reports(examples):
@@ -375,7 +376,7 @@ def test_max_findings_zero_gives_normal_studies():
   for index in range(10):
     example = phantoms.generate_example(index, config=config)
     assert example["findings"] == []
-    assert example["labels"][phantoms.CHEXPERT_INDEX["No Finding"]] == 1.0
+    assert example["labels"][CHEXPERT_OBSERVATIONS.index("No Finding")] == 1.0
 
 
 def test_config_is_validated():
@@ -467,7 +468,7 @@ def test_generator_imports_neither_jax_nor_tensorflow():
 
 
 def test_preview_cli_writes_images_and_reports(tmp_path):
-  phantoms.main(["--out", str(tmp_path), "--n", "2", "--image-size", "64", "--start", "6"])
+  preview.main(["--out", str(tmp_path), "--n", "2", "--image-size", "64", "--start", "6"])
   names = sorted(os.listdir(tmp_path))
   assert names == [
     "00006.png",
@@ -479,3 +480,10 @@ def test_preview_cli_writes_images_and_reports(tmp_path):
   ]
   report = (tmp_path / "00006.txt").read_text()
   assert "FINDINGS:" in report and "IMPRESSION:" in report
+
+
+def test_preview_runs_as_a_module(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  command = [sys.executable, "-m", "data_pipeline.phantoms", "--out", str(tmp_path), "--n", "1"]
+  subprocess.run(command + ["--image-size", "32"], check=True, cwd=root, capture_output=True)
+  assert sorted(os.listdir(tmp_path)) == ["00000.png", "00000.txt", "00000_boxes.png"]

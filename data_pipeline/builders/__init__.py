@@ -16,9 +16,18 @@ and the result is read with `tfds.builder_from_directory(OUT/<name>/<config>/<ve
 `synthetic_cxr` procedurally generated phantoms (`data_pipeline.phantoms`); no input
 ===============  =======================================================================
 
-Record validation, image normalisation, skip accounting and strict mode are shared, see
-`data_pipeline.builders.common`. Builder packages are not imported here (importing one
-registers its dataset name with TFDS and imports TensorFlow); use `builder_class`.
+Shared by the builders, one job per module:
+
+* `validation`: the skip reasons, `RecordRejected`, strict mode (`StrictValidationError`);
+* `accounting`: `SkipLedger`, the kept / skipped / excluded / noted counts per split;
+* `base`: `ImageBuilderConfig` and `ValidatingBuilder`, the base of every builder;
+* `image_io`: image decoding, grayscale conversion, resizing and checks;
+* `report_text`: report decoding, whitespace cleaning, the empty-report check;
+* `splits`: deterministic patient-hash splits (`assign_split`);
+* `sources`: locating and reading raw source files, CSV rows and cells (CheXpert labels).
+
+Neither they nor the builder packages are imported here (importing a builder registers its
+dataset name with TFDS and imports TensorFlow); use `builder_class`.
 """
 
 from __future__ import annotations

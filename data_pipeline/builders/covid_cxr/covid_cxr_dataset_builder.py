@@ -30,9 +30,9 @@ What one record becomes
 * `study_id` is `<patientid>_day<offset>` (images of one patient on one day form a study)
   or `<patientid>_<key>` when the offset is unknown; `patient_id` is `patientid`.
 * Split: deterministic by patient group, 70 % train / 10 % validation / 20 % test
-  (`data_pipeline.builders.common.assign_split`, salt `covid_cxr`).
+  (`data_pipeline.builders.splits.assign_split`, salt `covid_cxr`).
 
-Images are normalised as described in `data_pipeline.builders.common` (config knobs
+Images are normalised as described in `data_pipeline.builders.image_io` (config knobs
 `max_side`, `min_side`, `resize_side`). Skip counts are printed per split and stored in
 `metadata.json`. Strict mode: `JIMTE_TFDS_STRICT=1` or `Builder(strict=True)`.
 
@@ -55,10 +55,10 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 try:
-  from data_pipeline.builders import common
+  from data_pipeline.builders import base, image_io, report_text, sources, splits, validation
 except ModuleNotFoundError:  # `tfds build <path>` run without `pip install -e .`
   sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-  from data_pipeline.builders import common
+  from data_pipeline.builders import base, image_io, report_text, sources, splits, validation
 
 NOT_XRAY = "not X-ray"
 LATERAL_VIEW = "lateral view"
@@ -97,7 +97,7 @@ def view_kind(view: str) -> str:
 
 
 @dataclasses.dataclass(eq=False)
-class CovidCxrConfig(common.ImageBuilderConfig):
+class CovidCxrConfig(base.ImageBuilderConfig):
   """Config of `Builder`.
 
   Attributes:
@@ -106,7 +106,7 @@ class CovidCxrConfig(common.ImageBuilderConfig):
   """
 
   frontal_only: bool = True
-  split_fractions: Sequence[Sequence] = common.DEFAULT_SPLIT_FRACTIONS
+  split_fractions: Sequence[Sequence] = splits.DEFAULT_SPLIT_FRACTIONS
 
   def __post_init__(self):
     super().__post_init__()
@@ -148,7 +148,7 @@ class _UnionFind:
       self._parent[hi] = lo
 
 
-class Builder(common.ValidatingBuilder):
+class Builder(base.ValidatingBuilder):
   """COVID-19 image data collection: chest X-ray + clinical notes."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -177,7 +177,7 @@ class Builder(common.ValidatingBuilder):
       description=_DESCRIPTION,
       features=tfds.features.FeaturesDict(
         {
-          "image": common.image_feature(config.image_encoding, "grayscale chest X-ray"),
+          "image": image_io.image_feature(config.image_encoding, "grayscale chest X-ray"),
           "text": tfds.features.Text(doc="clinical notes, whitespace collapsed"),
           "study_id": tfds.features.Text(doc="<patientid>_day<offset>"),
           "patient_id": tfds.features.Text(doc="patientid column"),
@@ -220,7 +220,7 @@ class Builder(common.ValidatingBuilder):
     """
     config = self.builder_config
     ledger = self.ledger
-    raw_rows = list(common.read_csv_rows(metadata_path.read_bytes()))
+    raw_rows = list(sources.read_csv_rows(metadata_path.read_bytes()))
     uf = _UnionFind()
     image_to_patient: dict[str, str] = {}
     xray_rows: list[tuple[int, dict[str, str], str]] = []
@@ -240,7 +240,7 @@ class Builder(common.ValidatingBuilder):
       xray_rows.append((index, row, image_rel))
 
     def split_of(patient: str) -> str:
-      return common.assign_split(uf.find(patient), config.split_fractions, salt=self.name)
+      return splits.assign_split(uf.find(patient), config.split_fractions, salt=self.name)
 
     kept: list[_Row] = []
     seen_images: set[str] = set()
@@ -264,8 +264,8 @@ class Builder(common.ValidatingBuilder):
         ledger.exclude(split, LATERAL_VIEW if kind == "lateral" else UNKNOWN_VIEW, key)
         continue
       try:
-        text = common.require_text(row.get("clinical_notes"), what="clinical_notes")
-      except common.RecordRejected as e:
+        text = report_text.require_text(row.get("clinical_notes"), what="clinical_notes")
+      except validation.RecordRejected as e:
         ledger.reject(
           split,
           e.reason,
@@ -277,7 +277,7 @@ class Builder(common.ValidatingBuilder):
       if image_rel in seen_images:
         ledger.reject(
           split,
-          common.DUPLICATE_IMAGE,
+          validation.DUPLICATE_IMAGE,
           key,
           source=root / image_rel,
           detail=f"metadata.csv row {index + 2} repeats an image already used",
@@ -286,7 +286,7 @@ class Builder(common.ValidatingBuilder):
       if key in seen_keys:
         ledger.reject(
           split,
-          common.DUPLICATE_ID,
+          validation.DUPLICATE_ID,
           key,
           source=root / image_rel,
           detail=f"same key as {seen_keys[key]}",
@@ -294,7 +294,7 @@ class Builder(common.ValidatingBuilder):
         continue
       seen_images.add(image_rel)
       seen_keys[key] = image_rel
-      offset = common.float_or_nan(row.get("offset"))
+      offset = sources.float_or_nan(row.get("offset"))
       kept.append(
         _Row(
           key=key,
@@ -302,7 +302,7 @@ class Builder(common.ValidatingBuilder):
           patient_id=patient,
           image_rel=image_rel,
           text=text,
-          finding=common.clean_text(row.get("finding")),
+          finding=report_text.clean_text(row.get("finding")),
           view=view,
           offset=offset,
           group=split,
@@ -327,7 +327,7 @@ class Builder(common.ValidatingBuilder):
         path = root / row.image_rel
         try:
           loaded = self._load_image(path)
-        except common.RecordRejected as e:
+        except validation.RecordRejected as e:
           ledger.reject(split, e.reason, row.key, source=path, detail=e.detail)
           continue
         if loaded.converted:

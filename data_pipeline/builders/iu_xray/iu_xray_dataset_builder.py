@@ -23,34 +23,23 @@ missing: skipped as `empty report`).
 
 Frontal vs lateral
 ------------------
-The reports do not say which image is which view. Each image gets a projection from, in order:
-
-1. `indiana_projections.csv` or `projections.csv` in `manual_dir` (Kaggle
-   "chest-xrays-indiana-university" table: `uid, filename, projection` with
-   `Frontal`/`Lateral`; it covers 7,464 of the 7,470 images and is taken as ground truth);
-2. `nlmcxr_dicom_metadata.csv.gz` / `dicom_metadata.csv.gz` (DICOM header dump with
-   `imageid` and `View Position`): `LL`, `RL`, `LATERAL`, `LARGE LATERAL` mean
-   lateral and `AP` frontal (measured against 1.: 864 of 865 such images agree). `PA` and
-   blank are ignored: a third of the images tagged `PA` are laterals;
-3. otherwise the view is unknown.
-
-The frontal image is the first image labelled frontal, else the first unlabelled image in report
-order; the lateral image is the first other image labelled lateral, else the first other
-unlabelled one. Measured against 1., using 2.+3. picks the frontal image right in 97.1 % of the
-studies, report order alone (3.) in 89.3 %: put `projections.csv` in `manual_dir`. A study
-whose images are all labelled lateral is excluded as `no frontal image`; a study without
-images as `no image listed`. The feature `view_source` records which rule decided.
+The reports do not say which image is which view: each image's projection comes from the
+projection table or the DICOM view positions in `manual_dir`, else report order (the rules and
+their measured accuracy are in `data_pipeline.builders.iu_xray.openi`; put `projections.csv` in
+`manual_dir`). A study whose images are all labelled lateral is excluded as `no frontal
+image`; a study without images as `no image listed`. The feature `view_source` records which
+rule decided.
 
 Splits
 ------
 * `default`: deterministic by patient, 70 % train / 10 % validation / 20 % test
-  (`data_pipeline.builders.common.assign_split` on the study id, salt `iu_xray`).
+  (`data_pipeline.builders.splits.assign_split` on the study id, salt `iu_xray`).
 * `r2gen`: the split of R2Gen (Chen et al., EMNLP 2020; train 2,069 / val 296 / test 590),
   read from `manual_dir/r2gen_annotation.json` (or `annotation.json`). Its ids
   (`CXR2384_IM-0942`) map to the study `CXR2384`; studies outside it are excluded as
   `not in R2Gen split`.
 
-Images are normalised as described in `data_pipeline.builders.common` (`max_side`...).
+Images are normalised as described in `data_pipeline.builders.image_io` (`max_side`...).
 An unusable lateral image does not drop the study: `has_lateral` is False, `image_lateral`
 is a 1x1 black placeholder, and the event is counted in the notes. Strict mode:
 `JIMTE_TFDS_STRICT=1` or `Builder(strict=True)`.
@@ -62,26 +51,22 @@ CLI::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
-import re
 import sys
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
 try:
-  from data_pipeline.builders import common
+  from data_pipeline.builders import base, image_io, report_text, sources, splits, validation
 except ModuleNotFoundError:  # `tfds build <path>` run without `pip install -e .`
   sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-  from data_pipeline.builders import common
+  from data_pipeline.builders import base, image_io, report_text, sources, splits, validation
+
+from . import openi
 
 REPORTS_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_reports.tgz"
 IMAGES_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_png.tgz"
@@ -89,20 +74,6 @@ IMAGES_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_png.tgz"
 NO_IMAGE_LISTED = "no image listed"
 NO_FRONTAL_IMAGE = "no frontal image"
 NOT_IN_R2GEN = "not in R2Gen split"
-
-PROJECTION_CSV_NAMES = ("indiana_projections.csv", "projections.csv")
-DICOM_METADATA_NAMES = (
-  "nlmcxr_dicom_metadata.csv.gz",
-  "dicom_metadata.csv.gz",
-  "nlmcxr_dicom_metadata.csv",
-  "dicom_metadata.csv",
-)
-R2GEN_NAMES = ("r2gen_annotation.json", "annotation.json")
-
-_DICOM_LATERAL = frozenset({"LL", "RL", "LATERAL", "LARGE LATERAL"})
-_DICOM_FRONTAL = frozenset({"AP"})
-_R2GEN_SPLITS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
-_STUDY_FROM_R2GEN = re.compile(r"^(CXR\d+)")
 
 _DESCRIPTION = """\
 Indiana University chest X-ray collection (Open-i): 3,955 radiology reports with frontal and
@@ -121,94 +92,8 @@ _CITATION = """\
 """
 
 
-def canonical_image_key(name: str) -> str | None:
-  """Maps an Open-i image id or a file name to `"<uid>/<IM-part>"`.
-
-  `CXR1_1_IM-0001-3001`, `CXR1_1_IM-0001-3001.png` and the Kaggle name
-  `1_IM-0001-3001.dcm.png` all give `"1/IM-0001-3001"`. Returns None for names that do
-  not follow the convention.
-  """
-  stem = name.rsplit("/", 1)[-1]
-  for suffix in (".png", ".dcm", ".jpg", ".jpeg"):
-    if stem.lower().endswith(suffix):
-      stem = stem[: -len(suffix)]
-  if stem.upper().startswith("CXR"):
-    stem = stem[3:]
-  uid, sep, _ = stem.partition("_")
-  at = stem.find("IM-")
-  if not sep or not uid.isdigit() or at < 0:
-    return None
-  return f"{int(uid)}/{stem[at:]}"
-
-
-def study_of_r2gen_id(r2gen_id: str) -> str | None:
-  """`CXR2384_IM-0942` -> `CXR2384`."""
-  match = _STUDY_FROM_R2GEN.match(r2gen_id.strip())
-  return match.group(1) if match else None
-
-
-@dataclasses.dataclass(frozen=True)
-class ParsedReport:
-  """The fields of one `ecgen-radiology/<n>.xml`."""
-
-  study_id: str
-  comparison: str
-  indication: str
-  findings: str
-  impression: str
-  mesh_major: tuple[str, ...]
-  mesh_automatic: tuple[str, ...]
-  image_ids: tuple[str, ...]
-
-
-def parse_report(raw: bytes) -> ParsedReport:
-  """Parses one Open-i XML report.
-
-  Raises:
-    RecordRejected: `non-UTF-8 report` or `malformed report`.
-  """
-  common.decode_report(raw)  # Validates the encoding before the XML parser sees it.
-  try:
-    root = ET.fromstring(raw)
-  except ET.ParseError as e:
-    raise common.RecordRejected(common.MALFORMED_REPORT, f"XML parse error: {e}") from None
-  uid = root.find("uId")
-  study_id = (uid.get("id") or "").strip() if uid is not None else ""
-  if not study_id:
-    raise common.RecordRejected(common.MALFORMED_REPORT, "no <uId id=...>")
-  sections: dict[str, list[str]] = {}
-  for node in root.iter("AbstractText"):
-    label = (node.get("Label") or "").strip().upper()
-    text = common.clean_text("".join(node.itertext()))
-    if text:
-      sections.setdefault(label, []).append(text)
-  mesh = root.find("MeSH")
-
-  def mesh_terms(tag: str) -> tuple[str, ...]:
-    if mesh is None:
-      return ()
-    terms = (common.clean_text("".join(n.itertext())) for n in mesh.iter(tag))
-    return tuple(t for t in terms if t)
-
-  image_ids = []
-  for node in root.iter("parentImage"):
-    image_id = (node.get("id") or "").strip()
-    if image_id and image_id not in image_ids:
-      image_ids.append(image_id)
-  return ParsedReport(
-    study_id=study_id,
-    comparison=" ".join(sections.get("COMPARISON", [])),
-    indication=" ".join(sections.get("INDICATION", [])),
-    findings=" ".join(sections.get("FINDINGS", [])),
-    impression=" ".join(sections.get("IMPRESSION", [])),
-    mesh_major=mesh_terms("major"),
-    mesh_automatic=mesh_terms("automatic"),
-    image_ids=tuple(image_ids),
-  )
-
-
 @dataclasses.dataclass(eq=False)
-class IuXrayConfig(common.ImageBuilderConfig):
+class IuXrayConfig(base.ImageBuilderConfig):
   """Config of `Builder`.
 
   Attributes:
@@ -217,7 +102,7 @@ class IuXrayConfig(common.ImageBuilderConfig):
   """
 
   split_scheme: str = "patient"
-  split_fractions: Sequence[Sequence] = common.DEFAULT_SPLIT_FRACTIONS
+  split_fractions: Sequence[Sequence] = splits.DEFAULT_SPLIT_FRACTIONS
 
   def __post_init__(self):
     super().__post_init__()
@@ -228,7 +113,7 @@ class IuXrayConfig(common.ImageBuilderConfig):
 
 @dataclasses.dataclass
 class _Study:
-  report: ParsedReport
+  report: openi.ParsedReport
   source: str
   split: str
   text: str
@@ -237,7 +122,7 @@ class _Study:
   view_source: str
 
 
-class Builder(common.ValidatingBuilder):
+class Builder(base.ValidatingBuilder):
   """Indiana University chest X-ray collection: frontal + lateral image and report."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -271,8 +156,8 @@ class Builder(common.ValidatingBuilder):
       description=_DESCRIPTION,
       features=tfds.features.FeaturesDict(
         {
-          "image": common.image_feature(encoding, "frontal chest X-ray"),
-          "image_lateral": common.image_feature(
+          "image": image_io.image_feature(encoding, "frontal chest X-ray"),
+          "image_lateral": image_io.image_feature(
             encoding, "lateral view; 1x1 black if has_lateral is False"
           ),
           "has_lateral": tfds.features.Scalar(dtype=np.bool_),
@@ -305,74 +190,37 @@ class Builder(common.ValidatingBuilder):
       for candidate in candidates:
         if candidate.is_dir():
           return candidate
-      archive = common.find_first(manual, ("NLMCXR_reports.tgz", "NLMCXR_reports.tar.gz"))
+      archive = sources.find_first(manual, ("NLMCXR_reports.tgz", "NLMCXR_reports.tar.gz"))
       if archive is not None:
         return epath.Path(dl_manager.extract(archive)) / "ecgen-radiology"
     return epath.Path(dl_manager.download_and_extract(REPORTS_URL)) / "ecgen-radiology"
 
   def _image_index(self, manual: epath.Path | None, dl_manager) -> dict[str, str]:
-    """canonical image key -> path of every PNG found (see `canonical_image_key`)."""
+    """canonical image key -> path of every PNG found (see `openi.canonical_image_key`)."""
     roots: list[epath.Path] = []
     if manual is not None:
-      archive = common.find_first(manual, ("NLMCXR_png.tgz", "NLMCXR_png.tar.gz"))
+      archive = sources.find_first(manual, ("NLMCXR_png.tgz", "NLMCXR_png.tar.gz"))
       roots.append(epath.Path(dl_manager.extract(archive)) if archive else manual)
-    index = _index_pngs(roots)
+    index = openi.index_pngs(roots)
     if not index:
-      index = _index_pngs([epath.Path(dl_manager.download_and_extract(IMAGES_URL))])
+      index = openi.index_pngs([epath.Path(dl_manager.download_and_extract(IMAGES_URL))])
     return index
-
-  @staticmethod
-  def _projection_labels(manual: epath.Path | None) -> dict[str, tuple[str, str]]:
-    """canonical image key -> ('frontal' | 'lateral', source)."""
-    labels: dict[str, tuple[str, str]] = {}
-    if manual is None:
-      return labels
-    dicom = common.find_first(manual, DICOM_METADATA_NAMES)
-    if dicom is not None:
-      for row in csv.DictReader(io.StringIO(common.read_maybe_gzip(dicom).decode("utf-8"))):
-        key = canonical_image_key(row.get("imageid") or "")
-        view = (row.get("View Position") or "").strip().upper()
-        if key is None:
-          continue
-        if view in _DICOM_LATERAL:
-          labels[key] = ("lateral", "dicom_view_position")
-        elif view in _DICOM_FRONTAL:
-          labels[key] = ("frontal", "dicom_view_position")
-    projections = common.find_first(manual, PROJECTION_CSV_NAMES)
-    if projections is not None:
-      for row in csv.DictReader(io.StringIO(projections.read_text(encoding="utf-8-sig"))):
-        key = canonical_image_key(row.get("filename") or "")
-        projection = (row.get("projection") or "").strip().lower()
-        if key is not None and projection in ("frontal", "lateral"):
-          labels[key] = (projection, "projections_csv")
-    return labels
 
   def _r2gen_splits(self, manual: epath.Path | None) -> dict[str, str]:
     """study id -> split name, from the R2Gen annotation file."""
-    path = common.find_first(manual, R2GEN_NAMES) if manual is not None else None
+    path = sources.find_first(manual, openi.R2GEN_NAMES) if manual is not None else None
     if path is None:
       raise FileNotFoundError(
-        f"The r2gen config needs one of {R2GEN_NAMES} in --manual_dir "
+        f"The r2gen config needs one of {openi.R2GEN_NAMES} in --manual_dir "
         f"(got {manual}).\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
       )
-    annotation = json.loads(path.read_text(encoding="utf-8"))
-    splits: dict[str, str] = {}
-    for raw_key, entries in annotation.items():
-      for entry in entries:
-        name = str(entry.get("split") or raw_key).strip().lower()
-        if name not in _R2GEN_SPLITS:
-          raise ValueError(f"{path}: unknown split {name!r} for {entry.get('id')!r}")
-        study = study_of_r2gen_id(str(entry.get("id", "")))
-        if study is None:
-          raise ValueError(f"{path}: id {entry.get('id')!r} is not like CXR123_IM-...")
-        splits[study] = _R2GEN_SPLITS[name]
-    return splits
+    return openi.read_r2gen_splits(path)
 
   # ------------------------------------------------------------------ planning
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     self._new_ledger()
     config = self.builder_config
-    manual = common.optional_manual_dir(dl_manager)
+    manual = sources.optional_manual_dir(dl_manager)
     r2gen = self._r2gen_splits(manual) if config.split_scheme == "r2gen" else None
     split_names = (
       ["train", "validation", "test"]
@@ -382,7 +230,7 @@ class Builder(common.ValidatingBuilder):
     reports_dir = self._reports_dir(manual, dl_manager)
     if not reports_dir.is_dir():
       raise FileNotFoundError(f"No ecgen-radiology/ folder at {reports_dir}")
-    labels = self._projection_labels(manual)
+    labels = openi.read_view_labels(manual)
     image_index = self._image_index(manual, dl_manager)
     studies = self._plan(reports_dir, labels, r2gen)
     self._report_unassigned()
@@ -405,10 +253,10 @@ class Builder(common.ValidatingBuilder):
     seen_studies: dict[str, str] = {}
     seen_images: dict[str, str] = {}
     studies: list[_Study] = []
-    for path in sorted(reports_dir.glob("*.xml"), key=_numeric_name):
+    for path in sorted(reports_dir.glob("*.xml"), key=openi.report_sort_key):
       try:
-        report = parse_report(path.read_bytes())
-      except common.RecordRejected as e:
+        report = openi.parse_report(path.read_bytes())
+      except validation.RecordRejected as e:
         ledger.reject(None, e.reason, path.name, source=path, detail=e.detail)
         continue
       study_id = report.study_id
@@ -418,22 +266,22 @@ class Builder(common.ValidatingBuilder):
           ledger.exclude(None, NOT_IN_R2GEN, study_id)
           continue
       else:
-        split = common.assign_split(study_id, config.split_fractions, salt=self.name)
+        split = splits.assign_split(study_id, config.split_fractions, salt=self.name)
       if study_id in seen_studies:
         ledger.reject(
           split,
-          common.DUPLICATE_ID,
+          validation.DUPLICATE_ID,
           study_id,
           source=path,
           detail=f"already defined by {seen_studies[study_id]}",
         )
         continue
       seen_studies[study_id] = path.name
-      text = common.clean_text(f"{report.findings} {report.impression}")
+      text = report_text.clean_text(f"{report.findings} {report.impression}")
       if not text:
         ledger.reject(
           split,
-          common.EMPTY_REPORT,
+          validation.EMPTY_REPORT,
           study_id,
           source=path,
           detail="no FINDINGS and no IMPRESSION text",
@@ -446,7 +294,7 @@ class Builder(common.ValidatingBuilder):
       if shared:
         ledger.reject(
           split,
-          common.DUPLICATE_IMAGE,
+          validation.DUPLICATE_IMAGE,
           study_id,
           source=path,
           detail=f"image {shared[0]} already belongs to {seen_images[shared[0]]}",
@@ -454,7 +302,7 @@ class Builder(common.ValidatingBuilder):
         continue
       for image_id in report.image_ids:
         seen_images[image_id] = study_id
-      frontal, lateral, view_source = choose_views(report.image_ids, labels)
+      frontal, lateral, view_source = openi.choose_views(report.image_ids, labels)
       if frontal is None:
         ledger.exclude(split, NO_FRONTAL_IMAGE, study_id)
         continue
@@ -469,14 +317,14 @@ class Builder(common.ValidatingBuilder):
     try:
       for study in studies:
         report = study.report
-        frontal_path = image_index.get(canonical_image_key(study.frontal_id) or "")
+        frontal_path = image_index.get(openi.canonical_image_key(study.frontal_id) or "")
         try:
           if frontal_path is None:
-            raise common.RecordRejected(
-              common.MISSING_IMAGE, f"no PNG for image id {study.frontal_id}"
+            raise validation.RecordRejected(
+              validation.MISSING_IMAGE, f"no PNG for image id {study.frontal_id}"
             )
           frontal = self._load_image(frontal_path)
-        except common.RecordRejected as e:
+        except validation.RecordRejected as e:
           ledger.reject(
             split,
             e.reason,
@@ -490,15 +338,15 @@ class Builder(common.ValidatingBuilder):
         lateral_array = np.zeros((1, 1, 1), np.uint8)
         lateral_id = ""
         if study.lateral_id is not None:
-          lateral_path = image_index.get(canonical_image_key(study.lateral_id) or "")
+          lateral_path = image_index.get(openi.canonical_image_key(study.lateral_id) or "")
           try:
             if lateral_path is None:
-              raise common.RecordRejected(common.MISSING_IMAGE, study.lateral_id)
+              raise validation.RecordRejected(validation.MISSING_IMAGE, study.lateral_id)
             lateral = self._load_image(lateral_path)
             lateral_array, lateral_id = lateral.array, study.lateral_id
             if lateral.converted:
               ledger.note(split, f"image converted from mode {lateral.original_mode}")
-          except common.RecordRejected as e:
+          except validation.RecordRejected as e:
             ledger.note(split, f"lateral dropped: {e.reason}")
         ledger.accept(split)
         yield (
@@ -524,41 +372,3 @@ class Builder(common.ValidatingBuilder):
     finally:
       self._finish_split(split)
     self._check_split_nonempty(split)
-
-
-def choose_views(
-  image_ids: Sequence[str], labels: dict[str, tuple[str, str]]
-) -> tuple[str | None, str | None, str]:
-  """Picks (frontal id, lateral id or None, view_source) for one study (see module doc)."""
-  views = []
-  for image_id in image_ids:
-    label = labels.get(canonical_image_key(image_id) or "")
-    views.append((image_id, label[0] if label else None, label[1] if label else None))
-  frontal = next((v for v in views if v[1] == "frontal"), None)
-  if frontal is None:
-    frontal = next((v for v in views if v[1] is None), None)
-  if frontal is None:
-    return None, None, "projections_csv"
-  rest = [v for v in views if v[0] != frontal[0]]
-  lateral = next((v for v in rest if v[1] == "lateral"), None)
-  if lateral is None:
-    lateral = next((v for v in rest if v[1] is None), None)
-  return frontal[0], lateral[0] if lateral else None, frontal[2] or "report_order"
-
-
-def _numeric_name(path: epath.Path) -> tuple[int, str]:
-  stem = path.name.rsplit(".", 1)[0]
-  return (int(stem), "") if stem.isdigit() else (sys.maxsize, stem)
-
-
-def _index_pngs(roots: Sequence[epath.Path]) -> dict[str, str]:
-  index: dict[str, str] = {}
-  for root in roots:
-    for directory, _, files in tf.io.gfile.walk(str(root)):
-      for name in sorted(files):
-        if not name.lower().endswith(".png"):
-          continue
-        key = canonical_image_key(name)
-        if key is not None:
-          index.setdefault(key, f"{directory.rstrip('/')}/{name}")
-  return index

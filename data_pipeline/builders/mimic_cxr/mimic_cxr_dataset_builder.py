@@ -60,11 +60,11 @@ from etils import epath
 
 try:
   from data_pipeline import names
-  from data_pipeline.builders import common
+  from data_pipeline.builders import base, image_io, report_text, sources, validation
 except ModuleNotFoundError:  # `tfds build <path>` run without `pip install -e .`
   sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
   from data_pipeline import names
-  from data_pipeline.builders import common
+  from data_pipeline.builders import base, image_io, report_text, sources, validation
 
 NOT_FRONTAL = "not frontal view"
 NOT_IN_SPLIT = "not in official split"
@@ -115,7 +115,7 @@ def extract_sections(report: str) -> dict[str, str]:
   for i, (_, body_start, name) in enumerate(starts):
     body_end = starts[i + 1][0] if i + 1 < len(starts) else len(report)
     sections[name].append(report[body_start:body_end])
-  cleaned = {name: common.clean_text(" ".join(parts)) for name, parts in sections.items()}
+  cleaned = {name: report_text.clean_text(" ".join(parts)) for name, parts in sections.items()}
   if not cleaned[""]:
     del cleaned[""]
   return cleaned
@@ -130,7 +130,7 @@ def findings_and_impression(report: str) -> tuple[str, str, bool]:
 
 
 @dataclasses.dataclass(eq=False)
-class MimicCxrConfig(common.ImageBuilderConfig):
+class MimicCxrConfig(base.ImageBuilderConfig):
   """Config of `Builder`.
 
   Attributes:
@@ -152,7 +152,7 @@ class _Image:
   view: str
 
 
-class Builder(common.ValidatingBuilder):
+class Builder(base.ValidatingBuilder):
   """MIMIC-CXR-JPG frontal images with report findings/impression and CheXpert labels."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -179,7 +179,9 @@ class Builder(common.ValidatingBuilder):
       description=_DESCRIPTION,
       features=tfds.features.FeaturesDict(
         {
-          "image": common.image_feature(self.builder_config.image_encoding, "frontal chest X-ray"),
+          "image": image_io.image_feature(
+            self.builder_config.image_encoding, "frontal chest X-ray"
+          ),
           "text": tfds.features.Text(doc="FINDINGS then IMPRESSION"),
           "findings": tfds.features.Text(),
           "impression": tfds.features.Text(),
@@ -212,7 +214,9 @@ class Builder(common.ValidatingBuilder):
     for _ in range(5):
       next_frontier = []
       for folder in frontier:
-        if common.find_first(folder, (CSV_PREFIX + "metadata.csv.gz", CSV_PREFIX + "metadata.csv")):
+        if sources.find_first(
+          folder, (CSV_PREFIX + "metadata.csv.gz", CSV_PREFIX + "metadata.csv")
+        ):
           return folder
         next_frontier += [
           p for p in sorted(folder.iterdir()) if p.is_dir() and not _SHARD_DIR.match(p.name)
@@ -224,7 +228,7 @@ class Builder(common.ValidatingBuilder):
 
   @staticmethod
   def _csv(root: epath.Path, name: str) -> Iterator[dict[str, str]]:
-    path = common.find_first(root, (f"{CSV_PREFIX}{name}.csv.gz", f"{CSV_PREFIX}{name}.csv"))
+    path = sources.find_first(root, (f"{CSV_PREFIX}{name}.csv.gz", f"{CSV_PREFIX}{name}.csv"))
     if path is None:
       raise FileNotFoundError(f"{CSV_PREFIX}{name}.csv[.gz] not found in {root}")
     with path.open("rb") as raw:
@@ -242,7 +246,7 @@ class Builder(common.ValidatingBuilder):
         official[row["dicom_id"].strip()] = split
     labels: dict[str, np.ndarray] = {}
     for row in self._csv(root, "chexpert"):
-      labels[row["study_id"].strip()] = common.chexpert_vector(row)
+      labels[row["study_id"].strip()] = sources.chexpert_vector(row)
     plan = self._plan(root, official)
     self._report_unassigned()
     reports = _ReportStore(root)
@@ -271,7 +275,7 @@ class Builder(common.ValidatingBuilder):
       if dicom in seen:
         ledger.reject(
           split,
-          common.DUPLICATE_ID,
+          validation.DUPLICATE_ID,
           dicom,
           source=root / f"{CSV_PREFIX}metadata.csv",
           detail="dicom_id listed twice in the metadata",
@@ -313,7 +317,7 @@ class Builder(common.ValidatingBuilder):
     ledger = self.ledger
     try:
       findings, impression, text, found = reports.get(image.subject_id, image.study_id)
-    except common.RecordRejected as e:  # e.detail is the report's location.
+    except validation.RecordRejected as e:  # e.detail is the report's location.
       ledger.reject(split, e.reason, image.dicom_id, source=e.detail)
       return None
     path = (
@@ -326,7 +330,7 @@ class Builder(common.ValidatingBuilder):
     )
     try:
       loaded = self._load_image(path)
-    except common.RecordRejected as e:
+    except validation.RecordRejected as e:
       ledger.reject(split, e.reason, image.dicom_id, source=path, detail=e.detail)
       return None
     if loaded.converted:
@@ -336,7 +340,7 @@ class Builder(common.ValidatingBuilder):
     study_labels = labels.get(image.study_id)
     if study_labels is None:
       ledger.note(split, NO_LABELS)
-      study_labels = common.chexpert_vector(None)
+      study_labels = sources.chexpert_vector(None)
     ledger.accept(split)
     return {
       "image": loaded.array,
@@ -364,7 +368,7 @@ class _ReportStore:
         if name.endswith(".txt"):
           self._zip_names[name.rsplit("/", 1)[-1]] = name
     self._last_key: tuple[str, str] | None = None
-    self._last_value: tuple | common.RecordRejected | None = None
+    self._last_value: tuple | validation.RecordRejected | None = None
 
   def get(self, subject: str, study: str) -> tuple[str, str, str, bool]:
     """(findings, impression, text, sections_found); raises RecordRejected.
@@ -376,9 +380,9 @@ class _ReportStore:
       self._last_key = key
       try:
         self._last_value = self._read(subject, study)
-      except common.RecordRejected as e:
+      except validation.RecordRejected as e:
         self._last_value = e
-    if isinstance(self._last_value, common.RecordRejected):
+    if isinstance(self._last_value, validation.RecordRejected):
       raise self._last_value
     return self._last_value
 
@@ -395,13 +399,17 @@ class _ReportStore:
       if member is not None and f"p{subject}/" in member:
         raw, where = self._zip.read(member), f"mimic-cxr-reports.zip:{member}"
     if raw is None:
-      raise common.RecordRejected(common.MISSING_REPORT, where)
+      raise validation.RecordRejected(validation.MISSING_REPORT, where)
     try:
-      report = common.decode_report(raw)
-    except common.RecordRejected:
-      raise common.RecordRejected(common.NON_UTF8_REPORT, where) from None
+      report = report_text.decode_report(raw)
+    except validation.RecordRejected:
+      raise validation.RecordRejected(validation.NON_UTF8_REPORT, where) from None
     findings, impression, found = findings_and_impression(report)
-    text = common.clean_text(f"{findings} {impression}") if found else common.clean_text(report)
+    text = (
+      report_text.clean_text(f"{findings} {impression}")
+      if found
+      else report_text.clean_text(report)
+    )
     if not text:
-      raise common.RecordRejected(common.EMPTY_REPORT, where)
+      raise validation.RecordRejected(validation.EMPTY_REPORT, where)
     return findings, impression, text, found

@@ -28,7 +28,7 @@ Custom sizes from the CLI, e.g.::
 
 `phantom` holds extra `data_pipeline.phantoms.PhantomConfig` fields. Every generated
 example is still checked against the contract (non-empty text, uint8 [S, S, 1] image, unique
-study id) with the shared skip accounting of `data_pipeline.builders.common`.
+study id) with the shared skip accounting of `data_pipeline.builders.accounting`.
 """
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ import tensorflow_datasets as tfds
 
 try:
   from data_pipeline import names, phantoms
-  from data_pipeline.builders import common
+  from data_pipeline.builders import base, report_text, validation
 except ModuleNotFoundError:  # `tfds build <path>` run without `pip install -e .`
   sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
   from data_pipeline import names, phantoms
-  from data_pipeline.builders import common
+  from data_pipeline.builders import base, report_text, validation
 
 SPLITS = ("train", "validation", "test")
 INVALID_IMAGE = "invalid generated image"
@@ -100,7 +100,7 @@ class SyntheticCxrConfig(tfds.core.BuilderConfig):
     return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}
 
 
-class Builder(common.ValidatingBuilder):
+class Builder(base.ValidatingBuilder):
   """Synthetic chest X-ray phantoms with reports and region-level ground truth."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -142,7 +142,7 @@ class Builder(common.ValidatingBuilder):
     features["impression_text"] = tfds.features.Text(doc="IMPRESSION half of the report")
     metadata = tfds.core.MetadataDict(
       finding_names=list(phantoms.FINDING_NAMES),
-      chexpert_labels=list(phantoms.CHEXPERT_LABELS),
+      chexpert_labels=list(names.CHEXPERT_OBSERVATIONS),
       regions=list(names.CHEST_IMAGENOME_REGIONS),
       severity_names=list(phantoms.SEVERITY_NAMES),
     )
@@ -177,15 +177,15 @@ class Builder(common.ValidatingBuilder):
         key = example["study_id"]
         try:
           # Validation only: `text` is stored verbatim, the finding spans index it.
-          common.require_text(example["text"])
+          report_text.require_text(example["text"])
           image = np.asarray(example["image"])
           if image.dtype != np.uint8 or image.shape != (size, size, 1):
-            raise common.RecordRejected(
+            raise validation.RecordRejected(
               INVALID_IMAGE, f"{image.dtype} {image.shape}, expected uint8 {(size, size, 1)}"
             )
           if key in seen:
-            raise common.RecordRejected(common.DUPLICATE_ID, f"index {index}")
-        except common.RecordRejected as e:
+            raise validation.RecordRejected(validation.DUPLICATE_ID, f"index {index}")
+        except validation.RecordRejected as e:
           ledger.reject(split, e.reason, key, detail=e.detail)
           continue
         seen.add(key)

@@ -1,11 +1,8 @@
-"""Anatomical regions of a frontal chest X-ray and the geometry of the synthetic chest phantom.
+"""The phantom's parametric anatomy (`ChestGeometry`), its pose (`Pose`) and its region boxes.
 
-The region names themselves live in `data_pipeline.names`; here:
-
-* `ChestGeometry` and `Pose`: the parametric anatomy that `data_pipeline.phantoms` draws. The
-  same curves (lung borders, diaphragm domes, heart ellipse, ...) are used to render the phantom and
-  to compute each region's box, so ground-truth boxes stay right after the random pose of every
-  image.
+The same curves (lung borders, diaphragm domes, heart ellipse, ...) are used to render the phantom
+and to compute the box of each of the 29 Chest ImaGenome regions (names in `data_pipeline.names`),
+so ground-truth boxes stay right after the random pose of every image.
 
 Coordinates. "Canonical" coordinates `(v, u)` are those of the un-posed phantom, normalised to
 [0, 1]: `v` runs down, `u` runs right, exactly like image rows and columns. A `Pose` (shift,
