@@ -25,6 +25,9 @@ CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
   "Support Devices",
 )
 
+# Observation name -> its column in `CHEXPERT_OBSERVATIONS`.
+CHEXPERT_INDEX: dict[str, int] = {name: i for i, name in enumerate(CHEXPERT_OBSERVATIONS)}
+
 
 # The 29 Chest ImaGenome anatomical regions, in the standard index order.
 CHEST_IMAGENOME_REGIONS: tuple[str, ...] = (

@@ -44,9 +44,7 @@ from data_pipeline.labels.results import (
   Mention,
 )
 from data_pipeline.labels.sentences import HARD_BOUNDARY, SOFT_BOUNDARY, WORD, split_sentences
-from data_pipeline.names import CHEXPERT_OBSERVATIONS
-
-_OBS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CHEXPERT_OBSERVATIONS)}
+from data_pipeline.names import CHEXPERT_INDEX, CHEXPERT_OBSERVATIONS
 
 _ABNORMAL_PHRASE = re.compile(r"megal|enlarg|widen")
 _NON_PREFIX = re.compile(r"(?<![a-z])non-?$")
@@ -195,7 +193,7 @@ class ReportLabeler:
           break
       if not drop:
         keep.append(a)
-    keep.sort(key=lambda r: (r.start, r.end, _OBS_INDEX[r.observation]))
+    keep.sort(key=lambda r: (r.start, r.end, CHEXPERT_INDEX[r.observation]))
     return keep
 
   # ---------------------------------------------------------------- cues and status
@@ -350,7 +348,7 @@ class ReportLabeler:
       ):
         vote("Cardiomegaly", "uncertain")
     for obs, status in best.items():
-      labels[_OBS_INDEX[obs]] = STATUS_VALUES[status]
+      labels[CHEXPERT_INDEX[obs]] = STATUS_VALUES[status]
     if not abnormal:
-      labels[_OBS_INDEX[NO_FINDING]] = POSITIVE
+      labels[CHEXPERT_INDEX[NO_FINDING]] = POSITIVE
     return labels

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from data_pipeline.names import CHEXPERT_OBSERVATIONS
+from data_pipeline.names import CHEXPERT_INDEX, CHEXPERT_OBSERVATIONS
 from data_pipeline.phantoms.config import DEFAULT_CONFIG, FINDING_TO_CHEXPERT, PhantomConfig
 from data_pipeline.phantoms.phrases import (
   SEVERITY_ADJ,
@@ -181,9 +181,7 @@ def _eligible(
   out = []
   for text, negated, contradicts in statements:
     if any(
-      not np.isnan(labels[CHEXPERT_OBSERVATIONS.index(n)])
-      and labels[CHEXPERT_OBSERVATIONS.index(n)] != 0
-      for n in negated
+      not np.isnan(labels[CHEXPERT_INDEX[n]]) and labels[CHEXPERT_INDEX[n]] != 0 for n in negated
     ):
       continue
     if any(k in present_kinds for k in contradicts):
@@ -195,7 +193,7 @@ def _eligible(
 def _redundant(statement, chosen: Sequence[str], labels: np.ndarray) -> bool:
   """Whether a normal statement only repeats what earlier statements of the report said."""
   text, negated, _ = statement
-  if negated and all(labels[CHEXPERT_OBSERVATIONS.index(n)] == 0 for n in negated):
+  if negated and all(labels[CHEXPERT_INDEX[n]] == 0 for n in negated):
     return True
   for topic in ("vascularity", "lungs are clear", "bony", "osseous", "rib"):
     if topic in text and any(topic in earlier for earlier in chosen):
@@ -220,12 +218,12 @@ def _impression_item(
     return f"{capitalize(pick(rng, SEVERITY_ADJ['grade'][spec.severity]))} cardiomegaly."
   phrase = phrase_for(group, rng)
   for name in _labels_in_phrase(phrase.text):
-    labels[CHEXPERT_OBSERVATIONS.index(name)] = 1.0
+    labels[CHEXPERT_INDEX[name]] = 1.0
   if spec.kind == "support_device":
     return f"{capitalize(phrase.term)} in appropriate position."
   item = capitalize(phrase.text)
   if spec.kind == "consolidation" and rng.random() < config.hedge_probability:
-    labels[CHEXPERT_OBSERVATIONS.index("Pneumonia")] = -1.0
+    labels[CHEXPERT_INDEX["Pneumonia"]] = -1.0
     return item + pick(rng, (", which may represent pneumonia.", ", concerning for pneumonia."))
   if spec.kind == "nodule" and rng.random() < 0.5:
     return item + ". Recommend chest CT for further evaluation."
@@ -260,9 +258,9 @@ def write_report(plan: ExamplePlan, config: PhantomConfig = DEFAULT_CONFIG) -> R
     positives.setdefault(topic_of.get(spec.kind, "lungs"), []).append(
       (sentence, offset, phrase, spec.group)
     )
-    labels[CHEXPERT_OBSERVATIONS.index(FINDING_TO_CHEXPERT[spec.kind])] = 1.0
+    labels[CHEXPERT_INDEX[FINDING_TO_CHEXPERT[spec.kind]]] = 1.0
     for name in _labels_in_phrase(phrase.text):
-      labels[CHEXPERT_OBSERVATIONS.index(name)] = 1.0
+      labels[CHEXPERT_INDEX[name]] = 1.0
   impression_items = [
     _impression_item(group, rng, config, labels)
     for group in groups
@@ -285,7 +283,7 @@ def write_report(plan: ExamplePlan, config: PhantomConfig = DEFAULT_CONFIG) -> R
       return None
     text, negated, _ = pick(rng, options)
     for name in negated:
-      labels[CHEXPERT_OBSERVATIONS.index(name)] = 0.0
+      labels[CHEXPERT_INDEX[name]] = 0.0
     chosen.append(text)
     return text
 
@@ -366,7 +364,7 @@ def write_report(plan: ExamplePlan, config: PhantomConfig = DEFAULT_CONFIG) -> R
     impression_text = " ".join(f"{i + 1}. {item}" for i, item in enumerate(impression_items))
   else:
     impression_text = " ".join(impression_items)
-  labels[CHEXPERT_OBSERVATIONS.index("No Finding")] = np.nan if pathology else 1.0
+  labels[CHEXPERT_INDEX["No Finding"]] = np.nan if pathology else 1.0
   text = f"{findings_text} {impression_text}" if findings_text else impression_text
   return Report(
     text=text,
