@@ -2,7 +2,7 @@
 
 At a fixed per-device batch n (the global batch is N = n * d), each device count d runs in its own
 process with d simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=d), and for
-each word-level scheme of `jimte.parallel.sharded_itm_loss` reports the compiled temp bytes per
+each word-level scheme of `jimte.losses.itm_objective` reports the compiled temp bytes per
 device of the jitted forward + backward (`memory_analysis()`) and its wall time:
 
 - global:        Z over all N x N pairs by a ring of ppermutes with recomputation (memory flat in
@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 
-MODES = ("global", "device", "global_gather")
+from jimte.losses import LOCAL_PAIRS
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -36,16 +36,16 @@ def worker(args: argparse.Namespace) -> None:
   import numpy as np
 
   from benchmarks._timing import time_fn
-  from jimte import parallel
+  from jimte import losses, sharding
 
   d = args.worker
   if jax.device_count() != d:
     raise SystemExit(f"expected {d} devices, got {jax.device_count()}")
-  mesh = parallel.make_mesh(dict(axes=(("data", -1), ("fsdp", 1))))
+  mesh = sharding.make_mesh(dict(axes=(("data", -1), ("fsdp", 1))))
   big = args.n * d
-  sharding = parallel.batch_sharding(mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
   rng = np.random.default_rng(0)
-  put = lambda x: jax.device_put(x, sharding)
+  put = lambda x: jax.device_put(x, batch_sharding)
   inputs = (
     put(rng.standard_normal((big, args.dim), np.float32)),
     put(rng.standard_normal((big, args.dim), np.float32)),
@@ -54,8 +54,8 @@ def worker(args: argparse.Namespace) -> None:
     put(np.arange(args.words)[None, :] < rng.integers(args.words // 2, args.words + 1, (big, 1))),
   )
   for mode in args.modes:
-    neg = parallel.sample_negatives(jax.random.key(0), big, d if mode == "device" else 1)
-    loss = parallel.sharded_itm_loss(mesh, local_pairs=mode)
+    neg = losses.sample_negatives(jax.random.key(0), big, d if mode == "device" else 1)
+    loss = losses.itm_objective(mesh, local_pairs=mode)
     step = jax.jit(
       jax.value_and_grad(
         lambda i, t, r, w, m, loss=loss, neg=neg: loss(i, t, r, w, m, neg)[0], argnums=(0, 1, 2, 3)
@@ -116,7 +116,7 @@ def main() -> None:
     description=__doc__, formatter_class=argparse.RawTextHelpFormatter
   )
   parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
-  parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+  parser.add_argument("--modes", nargs="+", default=list(LOCAL_PAIRS), choices=LOCAL_PAIRS)
   parser.add_argument("--n", type=int, default=8, help="pairs per device")
   parser.add_argument("--regions", type=int, default=64)
   parser.add_argument("--words", type=int, default=32)

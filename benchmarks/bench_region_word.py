@@ -1,9 +1,9 @@
 """Forward + backward speed and memory of the word-level CE objective (region-word attention).
 
-Times `value_and_grad` of `i2t + t2i` of the word CE (what `jimte.losses.local_ce_loss`
-computes) with respect to the regions and the words, and compares the useful FLOPs 12 B^2 R T D
-(the forward's two feature contractions plus their four backward ones) with a float32 matmul peak
-timed in the same run, interleaved with the steps.
+Times `value_and_grad` of `i2t + t2i` of the word CE (`jimte.losses.ce_from_scores` of 10 Z from
+`region_word_scores`) with respect to the regions and the words, and compares the useful FLOPs
+12 B^2 R T D (the forward's two feature contractions plus their four backward ones) with a float32
+matmul peak timed in the same run, interleaved with the steps.
 
     python benchmarks/bench_region_word.py    # paper sizes: B=32, R=16x16, T=159, D=512
     python benchmarks/bench_region_word.py --text-block 2,4,8,32 --method gram,direct

@@ -16,7 +16,7 @@ import numpy as np
 
 from configs import default as default_config
 from configs import joimternet_paper
-from jimte import optim, parallel, train
+from jimte import optim, sharding, steps
 from jimte.models.joimternet import build_model
 
 
@@ -43,18 +43,18 @@ def fake_batch(
 
 
 def bench(config, repeats: int) -> dict[str, float]:
-  mesh = parallel.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh)
   model_config = config.model.copy_and_resolve_references()
   model = build_model(model_config)
   optimizers = optim.make_optimizers(config.optim)
   schedule = optim.make_schedule(config.optim, 100, 1000)
-  state, shardings = train.init_train_state(config, model, optimizers, mesh, jax.random.key(0))
-  batch_sharding = parallel.batch_sharding(mesh)
-  steps = {
-    "itm": train.make_itm_step(
-      config, model, optimizers, schedule, train.make_objective(config, mesh), mesh
+  state, shardings = steps.init_train_state(config, model, optimizers, mesh, jax.random.key(0))
+  batch_sharding = sharding.batch_sharding(mesh)
+  step_fns = {
+    "itm": steps.make_itm_step(
+      config, model, optimizers, schedule, steps.make_objective(config, mesh), mesh
     ),
-    "mlm": train.make_mlm_step(config, model, optimizers, schedule),
+    "mlm": steps.make_mlm_step(config, model, optimizers, schedule),
   }
   batch = jax.device_put(
     fake_batch(
@@ -67,7 +67,7 @@ def bench(config, repeats: int) -> dict[str, float]:
     batch_sharding,
   )
   out = {}
-  for name, fn in steps.items():
+  for name, fn in step_fns.items():
     step = jax.jit(
       fn,
       in_shardings=(shardings, batch_sharding),

@@ -8,14 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-# Loss term names, in the order losses.md lists them.
-CE_TERMS = ("sentence_ce_i2t", "sentence_ce_t2i", "word_ce_i2t", "word_ce_t2i")
-TRIPLET_TERMS = (
-  "sentence_triplet_i2t",
-  "sentence_triplet_t2i",
-  "word_triplet_i2t",
-  "word_triplet_t2i",
-)
+from jimte.losses import DEFAULT_WEIGHTS
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -46,7 +39,7 @@ def loss_config() -> ml_collections.ConfigDict:
       gamma3=10.0,
       sentence_margin=0.5,
       word_margin=0.5,
-      weights={**dict.fromkeys(CE_TERMS, 1.0), **dict.fromkeys(TRIPLET_TERMS, 2.0)},
+      weights=dict(DEFAULT_WEIGHTS),  # by term name, from the term table of jimte/losses
       negatives="random",  # random | hardest (VSE++)
       mask_same_study=True,  # pairs from one study are not negatives of each other
       text_block=0,  # texts per block of the region-word score; 0 = automatic
@@ -95,21 +88,34 @@ def add_run_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   Configs then override what differs (num_epochs, log/checkpoint intervals, ...).
   """
   c.total_steps = 0  # > 0 overrides num_epochs
-  c.log_every_steps = 20
+  c.log_every_steps = 20  # train metrics; NaN/inf checked at this cadence and before each save
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 2
-  c.check_finite_every_steps = 1
-  c.eval_every_steps = 0  # > 0: evaluate (and checkpoint) every so many steps too
-  c.keep_best_checkpoints = 0  # > 0: also keep the best checkpoints by best_metric
+  c.keep_best_checkpoints = 0  # > 0: also keep the best checkpoints by best_metric (evaluated ones)
   c.best_metric = "eval/retrieval/global/i2t_R@10"
   c.best_mode = "max"
   c.peak_flops_per_device = 0.0  # for the MFU estimate; 0 = look the device kind up (jimte/perf.py)
   c.mesh = mesh_config()
-  # Evaluators, chosen by name.
+  # Evaluators: name -> dict(type, split, every_steps, <the type's settings>); `type` picks the
+  # class (jimte/evaluate/registry.py). every_steps > 0: also every so many steps, saving a
+  # checkpoint with the results (for keep_best_checkpoints); 0: only once training is complete.
   c.evals = ml_collections.ConfigDict(
     dict(
-      retrieval=dict(split="test", ks=(1, 5, 10), scores=("global", "local", "combined")),
-      attention_png=dict(split="test", num_pairs=4, words_per_pair=4),
+      retrieval=dict(
+        type="retrieval",
+        split="test",
+        every_steps=0,
+        ks=(1, 5, 10),
+        scores=("global", "local", "combined"),
+      ),
+      attention_png=dict(
+        type="attention_png",
+        split="test",
+        every_steps=0,
+        num_pairs=4,
+        words_per_pair=4,
+        filename="attention.png",
+      ),
     )
   )
   return c

@@ -23,11 +23,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(
     dict(
       source="synthetic",  # synthetic | tfds
+      # source=tfds: <tfds_data_dir>/<tfds_name>/<tfds_config>/<latest version>, TFDS's layout
+      # (empty config: the builder's default; empty data dir: $TFDS_DATA_DIR or
+      # ~/tensorflow_datasets); a tfds_data_dir holding dataset_info.json is used as it is.
       tfds_name="",
       tfds_config="",
-      tfds_data_dir="",  # for source=tfds (data_pipeline/builders)
-      train_split="train",
-      eval_split="test",
+      tfds_data_dir="",
+      train_split="train",  # the evaluators' splits: config.evals
       num_train=3000,
       num_eval=300,  # synthetic only
       phantom_size=128,  # size the phantoms are drawn at

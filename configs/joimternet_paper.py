@@ -3,6 +3,8 @@ of dimension 512, a 3-layer BERT of width 512 with 160 tokens, batch 128, AdamW 
 image-text/MLM mixture, lr x0.1 at epoch 30.
 
   python -m jimte.main --config configs/joimternet_paper.py:tfds_name=iu_xray --workdir gs://...
+  (reads <tfds_data_dir>/iu_xray/<tfds_config or the default config>/<latest version>; set them as
+  :tfds_name=iu_xray,tfds_config=r2gen,tfds_data_dir=gs://BUCKET/tfds)
   configs/joimternet_paper.py:image_size=512   # the same towers at a reduced input (benchmarks)
 """
 
@@ -16,7 +18,13 @@ from jimte.models.joimternet import paper_model_config
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(
-    arg, image_size=2048, tfds_name="iu_xray", tfds_data_dir="", batch_size=128, synthetic=False
+    arg,
+    image_size=2048,
+    tfds_name="iu_xray",
+    tfds_config="",
+    tfds_data_dir="",
+    batch_size=128,
+    synthetic=False,
   )
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -24,10 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dict(
       source="synthetic" if args.synthetic else "tfds",
       tfds_name=args.tfds_name,
-      tfds_config="",
+      tfds_config=args.tfds_config,
       tfds_data_dir=args.tfds_data_dir,
       train_split="train",
-      eval_split="test",
       num_train=4096,
       num_eval=512,
       phantom_size=args.image_size,

@@ -16,6 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from jimte import multihost
+
 
 class Checkpointer:
   """A thin wrapper over `ocp.CheckpointManager` with items 'state' (pytree) and 'meta' (JSON)."""
@@ -31,6 +33,7 @@ class Checkpointer:
     async_save: bool = True,
   ):
     self.directory = os.path.abspath(directory) if "://" not in directory else directory
+    self._best_metric = best_metric if keep_best else ""
     policies = [checkpoint_managers.LatestN(n=max(keep, 1))]
     if keep_best and best_metric:
       policies.append(
@@ -52,7 +55,9 @@ class Checkpointer:
     )
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    """The latest complete checkpoint as process 0 sees it, on every process (a collective in a
+    multi-process run: it decides whether all restore)."""
+    return multihost.from_process_0(self.manager.latest_step())
 
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
@@ -60,11 +65,15 @@ class Checkpointer:
   def save(
     self, step: int, state: Any, meta: dict, metrics: dict | None = None, force: bool = True
   ) -> bool:
-    """Starts a (possibly asynchronous) save of `state` and `meta` at `step`."""
+    """Starts a (possibly asynchronous) save of `state` and `meta` at `step`.
+
+    `metrics` (evaluation results) rank the checkpoint for `keep_best` if they hold `best_metric`;
+    a checkpoint saved without it is kept only as one of the latest.
+    """
     return self.manager.save(
       int(step),
       args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-      metrics=metrics,
+      metrics=None if self._best_metric and self._best_metric not in (metrics or {}) else metrics,
       force=force,
     )
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
+from data_pipeline import builders
 from data_pipeline import input as input_lib
 from data_pipeline.tokenizer import Tokenizer
 from jimte import batches as batches_lib
+from jimte import multihost
 
 log = logging.getLogger("jimte.data")
 
@@ -39,12 +41,12 @@ class DataBundle:
 
   # ---------------------------------------------------------------------------------------------
   @classmethod
-  def create(cls, config: ml_collections.ConfigDict, workdir: str) -> DataBundle:
+  def create(
+    cls, config: ml_collections.ConfigDict, workdir: str, eval_splits: Iterable[str] = ()
+  ) -> DataBundle:
+    """Sources of the train split and of `eval_splits` (the evaluators'), and the tokenizer."""
     dc = config.data
-    splits = [dc.train_split] + sorted(
-      {dc.eval_split, *(e.get("split", dc.eval_split) for e in config.evals.values())}
-      - {dc.train_split}
-    )
+    splits = [dc.train_split] + sorted(set(eval_splits) - {dc.train_split})
     ground_truth: dict[str, list[list[dict]]] = {}
     train_texts = None
     if dc.source == "synthetic":
@@ -55,12 +57,9 @@ class DataBundle:
         if split == dc.train_split:
           train_texts = texts
     elif dc.source == "tfds":
-      if not dc.tfds_data_dir:
-        raise ValueError(
-          "config.data.tfds_data_dir: the directory of a built TFDS dataset is required "
-          "for config.data.source='tfds' (build one with `tfds build data_pipeline/builders/NAME`)"
-        )
-      sources = {split: input_lib.TfdsSource(dc.tfds_data_dir, split) for split in splits}
+      # Decided on process 0: a build finishing while processes start must not split them.
+      dataset_dir = multihost.from_process_0(tfds_dataset_dir(dc))
+      sources = {split: input_lib.TfdsSource(dataset_dir, split) for split in splits}
     else:
       raise ValueError(
         f"config.data.source: unknown source {dc.source!r} (expected synthetic | tfds)"
@@ -158,13 +157,76 @@ def _synthetic_source(dc: ml_collections.ConfigDict, split: str):
   return source, list(generated["text"]), list(generated["findings"])
 
 
+def tfds_dataset_dir(dc: ml_collections.ConfigDict) -> str:
+  """The built TFDS dataset that `config.data` names, in TFDS's own layout.
+
+  That is `<tfds_data_dir>/<tfds_name>/<tfds_config>/<latest version>`, with the builder's default
+  config when `tfds_config` is empty and TFDS's default data dir (`$TFDS_DATA_DIR`, else
+  `~/tensorflow_datasets`) when `tfds_data_dir` is; a `tfds_data_dir` that is itself a dataset
+  directory (holds dataset_info.json) is used as it is.
+  """
+  import tensorflow as tf  # tf.io.gfile: the data may be on GCS
+  import tensorflow_datasets as tfds
+
+  root = dc.tfds_data_dir or tfds.core.constants.get_default_data_dir()
+  if tf.io.gfile.exists(os.path.join(root, "dataset_info.json")):
+    return root
+  if not dc.tfds_name:
+    raise ValueError(
+      f"config.data.tfds_name: required with config.data.source='tfds' unless "
+      f"config.data.tfds_data_dir is itself a dataset directory ({root} is not)"
+    )
+  config_name = dc.tfds_config or _default_tfds_config(dc.tfds_name, root)
+  config_dir = os.path.join(root, dc.tfds_name, *([config_name] if config_name else []))
+  listed = tf.io.gfile.listdir(config_dir) if tf.io.gfile.isdir(config_dir) else []
+  versions = [
+    v
+    for v in (entry.rstrip("/") for entry in listed)
+    if tfds.core.Version.is_valid(v)
+    and tf.io.gfile.exists(os.path.join(config_dir, v, "dataset_info.json"))
+  ]
+  if not versions:
+    builder = (
+      f"data_pipeline/builders/{dc.tfds_name}"
+      if dc.tfds_name in builders.BUILDER_NAMES
+      else dc.tfds_name
+    )
+    raise FileNotFoundError(
+      f"config.data: no built TFDS dataset in {config_dir}/<version> (tfds_name="
+      f"{dc.tfds_name!r}, tfds_config={dc.tfds_config!r}, tfds_data_dir={dc.tfds_data_dir!r}); "
+      f"build it with `tfds build {builder} --data_dir {root}"
+      + (f" --config {config_name}" if config_name else "")
+      + "` (add --manual_dir DIR for data you downloaded yourself)"
+    )
+  latest = max(versions, key=tfds.core.Version)
+  return os.path.join(config_dir, latest)
+
+
+def _default_tfds_config(name: str, root: str) -> str:
+  """The default config of dataset `name`: its builder's (a jimte builder), else the one TFDS
+  recorded when building it ('' for a dataset without configs)."""
+  if name in builders.BUILDER_NAMES:
+    builder = builders.builder_class(name)
+    if builder.BUILDER_CONFIGS:
+      return builder.default_builder_config.name
+  from etils import epath
+  from tensorflow_datasets.core import dataset_builder
+
+  return dataset_builder.load_default_config_name(epath.Path(root) / name) or ""
+
+
 def _load_or_train_tokenizer(config, directory: str, train_source, train_texts) -> Tokenizer:
   """Loads `<workdir>/tokenizer` (resume), else `config.tokenizer.path`, else trains one (process 0)
-  on the train split's reports and shares it through the work dir."""
+  on the train split's reports and shares it through the work dir.
+
+  Whether a saved tokenizer exists is decided on process 0: a process arriving later would find
+  the one process 0 is saving now and skip the barrier the others wait at.
+  """
   tc = config.tokenizer
   import tensorflow as tf  # tf.io.gfile: the work dir may be on GCS
 
-  if tf.io.gfile.exists(os.path.join(directory, "tokenizer.json")):
+  saved = multihost.from_process_0(tf.io.gfile.exists(os.path.join(directory, "tokenizer.json")))
+  if saved:
     tokenizer = Tokenizer.load(directory)
   elif tc.path:
     tokenizer = Tokenizer.load(tc.path)

@@ -1,5 +1,5 @@
 """Step cost and model-FLOPs utilisation: FLOPs per step from XLA's cost analysis of the compiled
-step, over the device's peak.
+step (`compiled_flops`, used by `jimte.steps.TrainSteps`), over the device's peak.
 
 MFU = (FLOPs one device executes per step) x (steps per second) / (that device's peak FLOP/s). The
 compiled SPMD program is per device, so its cost analysis is already per device.
@@ -8,7 +8,6 @@ compiled SPMD program is per device, so its cost analysis is already per device.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,8 +15,7 @@ import jax
 log = logging.getLogger("jimte.perf")
 
 # Peak FLOP/s per device (dense bf16 for accelerators). CPU: the float32 matmul peak measured on the
-# project's 2-core development machine (~150 GFLOP/s); set config.perf.peak_flops_per_device
-# elsewhere.
+# project's 2-core development machine (~150 GFLOP/s); set config.peak_flops_per_device elsewhere.
 PEAK_FLOPS_BY_KIND = (
   ("TPU v6", 918e12),
   ("TPU v5p", 459e12),
@@ -53,20 +51,3 @@ def compiled_flops(compiled) -> float:
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return float((cost or {}).get("flops", 0.0))
-
-
-class CompiledSteps:
-  """Jitted step functions compiled on first use (AOT, so their cost is known), keyed by kind."""
-
-  def __init__(self, jitted: dict[str, Callable]):
-    self._jitted = jitted
-    self._compiled: dict[str, Any] = {}
-    self.flops: dict[str, float] = {}
-
-  def __call__(self, kind: str, *args):
-    if kind not in self._compiled:
-      compiled = self._jitted[kind].lower(*args).compile()
-      self._compiled[kind] = compiled
-      self.flops[kind] = compiled_flops(compiled)
-      log.info("compiled the %s step: %.3g FLOPs per device per step", kind, self.flops[kind])
-    return self._compiled[kind](*args)

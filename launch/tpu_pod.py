@@ -3,7 +3,8 @@
   python -m launch.tpu_pod create  --name jimte-v4 --zone us-central2-b --accelerator v4-32
   python -m launch.tpu_pod install --name jimte-v4 --zone us-central2-b
   python -m launch.tpu_pod run     --name jimte-v4 --zone us-central2-b \
-      --workdir gs://BUCKET/jimte/paper -- --config configs/joimternet_paper.py:tfds_data_dir=gs://BUCKET/tfds/iu_xray/default/1.0.0
+      --workdir gs://BUCKET/jimte/paper -- \
+      --config configs/joimternet_paper.py:tfds_name=iu_xray,tfds_data_dir=gs://BUCKET/tfds
   python -m launch.tpu_pod logs    --name jimte-v4 --zone us-central2-b [--worker 0]
   python -m launch.tpu_pod stop    --name jimte-v4 --zone us-central2-b   # SIGTERM: save and exit
   python -m launch.tpu_pod delete  --name jimte-v4 --zone us-central2-b

@@ -1,4 +1,5 @@
-"""Multi-device checks of `jimte.parallel`, run by tests/test_parallel.py in a subprocess.
+"""Multi-device checks of `jimte.losses.itm_objective` (and of `jimte.sharding`'s rules), run by
+tests/test_parallel.py in a subprocess; the oracle is the dense reference tests/reference_losses.py.
 
 jax sees one CPU device per process unless XLA_FLAGS asks for more before jax is imported, and the
 other test files share pytest's process with one device; so this script sets the flag itself and
@@ -24,21 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jimte import losses, parallel
+from jimte import losses, sharding
+from tests import reference_losses as ref
 
 N, R, T, D = 16, 8, 6, 16
 HYPER = dict(gamma1=4.0, gamma2=5.0, gamma3=10.0, sentence_margin=0.5, word_margin=0.5)
-SENTENCE_TERMS = (
-  "sentence_ce_i2t",
-  "sentence_ce_t2i",
-  "sentence_triplet_i2t",
-  "sentence_triplet_t2i",
-)
-WORD_TERMS = ("word_ce_i2t", "word_ce_t2i", "word_triplet_i2t", "word_triplet_t2i")
 
 
 def mesh_of(*axes: tuple[str, int], axis_types: str = "auto", devices=None) -> jax.sharding.Mesh:
-  return parallel.make_mesh(dict(axes=axes, axis_types=axis_types), devices=devices)
+  return sharding.make_mesh(dict(axes=axes, axis_types=axis_types), devices=devices)
 
 
 def make_inputs(seed: int = 0, batch: int = N) -> dict[str, jax.Array]:
@@ -89,10 +84,10 @@ def value_and_grads(fn, x: dict, neg, study):
 
 
 def reference(weights=losses.DEFAULT_WEIGHTS):
-  """losses.itm_loss with the argument order of the sharded function."""
+  """The dense reference `itm_loss` with the argument order of the objective's function."""
 
   def fn(img, txt, regions, words, mask, neg, study):
-    return losses.itm_loss(
+    return ref.itm_loss(
       img, txt, regions, words, mask, neg, study_ids=study, weights=weights, **HYPER
     )
 
@@ -108,18 +103,18 @@ def compare(
   weights=losses.DEFAULT_WEIGHTS,
   seed=0,
 ) -> dict:
-  """Sharded vs single-device: relative errors of the total, the terms and all input gradients."""
+  """Sharded vs the dense reference: relative errors of the total, the terms and input gradients."""
   x = make_inputs(seed)
   study = x["study_ids"] if use_study else None
-  d = parallel.num_batch_shards(mesh)
+  d = sharding.num_batch_shards(mesh)
   if negatives == "hardest":
     neg = "hardest"
   else:
     shards = d if local_pairs == "device" else 1
-    neg = parallel.sample_negatives(jax.random.key(seed), N, shards)
+    neg = losses.sample_negatives(jax.random.key(seed), N, shards)
     if negatives == "pair":
-      neg = (neg, parallel.sample_negatives(jax.random.key(seed + 1), N, shards))
-  sharded = parallel.sharded_itm_loss(mesh, weights=weights, local_pairs=local_pairs, **HYPER)
+      neg = (neg, losses.sample_negatives(jax.random.key(seed + 1), N, shards))
+  sharded = losses.itm_objective(mesh, weights=weights, local_pairs=local_pairs, **HYPER)
   total, terms, grads = value_and_grads(sharded, x, neg, study)
 
   if local_pairs == "device":
@@ -138,16 +133,16 @@ def compare(
 
 
 def device_mode_reference(d: int, weights):
-  """The definition of local_pairs='device' written with single-device calls: sentence terms of
-  losses.itm_loss over the whole batch, plus each word term as the mean over the d shards of
-  losses.itm_loss on that shard alone (its own pairs, study ids and shard-local negatives)."""
+  """The definition of local_pairs='device' from the dense reference: its sentence terms over the
+  whole batch, plus each word term as the mean over the d shards of the reference on that shard
+  alone (its own pairs, study ids and shard-local negatives)."""
   weights = losses.resolve_weights(weights)
-  sentence_w = {k: (v if k in SENTENCE_TERMS else 0.0) for k, v in weights.items()}
-  word_w = {k: (v if k in WORD_TERMS else 0.0) for k, v in weights.items()}
+  sentence_w = {k: (v if k in losses.SENTENCE_TERMS else 0.0) for k, v in weights.items()}
+  word_w = {k: (v if k in losses.WORD_TERMS else 0.0) for k, v in weights.items()}
 
   def fn(img, txt, regions, words, mask, neg, study):
     n = img.shape[0] // d
-    _, terms = losses.itm_loss(
+    _, terms = ref.itm_loss(
       img, txt, None, None, None, neg, study_ids=study, weights=sentence_w, **HYPER
     )
     shard_terms = []
@@ -158,7 +153,7 @@ def device_mode_reference(d: int, weights):
         if isinstance(neg, str)
         else jax.tree.map(lambda a, part=part, s=s: a[part] - s * n, neg)
       )
-      _, t = losses.itm_loss(
+      _, t = ref.itm_loss(
         None,
         None,
         regions[part],
@@ -230,10 +225,12 @@ def check_word_triplets_without_word_ce():
 def check_sentence_only_without_word_inputs():
   """Word terms off: regions/words may be None, and no word term is reported."""
   mesh = mesh_of(("data", -1), ("fsdp", 1))
-  weights = {k: (v if k in SENTENCE_TERMS else 0.0) for k, v in losses.DEFAULT_WEIGHTS.items()}
+  weights = {
+    k: (v if k in losses.SENTENCE_TERMS else 0.0) for k, v in losses.DEFAULT_WEIGHTS.items()
+  }
   x = make_inputs(8)
-  neg = parallel.sample_negatives(jax.random.key(8), N)
-  fn = parallel.sharded_itm_loss(mesh, weights=weights, **HYPER)
+  neg = losses.sample_negatives(jax.random.key(8), N)
+  fn = losses.itm_objective(mesh, weights=weights, **HYPER)
   total, terms = jax.jit(lambda a, b: fn(a, b, None, None, None, neg, x["study_ids"]))(
     x["img_emb"], x["txt_emb"]
   )
@@ -249,8 +246,8 @@ def check_explicit_mesh():
   """A mesh with Explicit axis types, called eagerly on unsharded arrays."""
   mesh = mesh_of(("data", -1), ("fsdp", 2), axis_types="explicit")
   x = make_inputs(9)
-  neg = parallel.sample_negatives(jax.random.key(9), N)
-  fn = parallel.sharded_itm_loss(mesh, **HYPER)
+  neg = losses.sample_negatives(jax.random.key(9), N)
+  fn = losses.itm_objective(mesh, **HYPER)
   total, terms = fn(
     x["img_emb"], x["txt_emb"], x["regions"], x["words"], x["word_mask"], neg, x["study_ids"]
   )
@@ -265,7 +262,7 @@ def check_device_mode_off_device_negative():
   mesh = mesh_of(("data", -1), ("fsdp", 1))
   x = make_inputs(10)
   neg = (jnp.arange(N, dtype=jnp.int32) + N // 2) % N  # always on another device
-  fn = parallel.sharded_itm_loss(mesh, local_pairs="device", **HYPER)
+  fn = losses.itm_objective(mesh, local_pairs="device", **HYPER)
   _, terms = jax.jit(fn)(
     x["img_emb"], x["txt_emb"], x["regions"], x["words"], x["word_mask"], neg, None
   )
@@ -276,7 +273,7 @@ def check_sample_negatives():
   """Within-shard negatives: never the anchor itself, always on the anchor's shard, all
   reachable."""
   keys = jax.random.split(jax.random.key(11), 200)
-  draws = np.asarray(jax.jit(jax.vmap(lambda k: parallel.sample_negatives(k, N, 4)))(keys))
+  draws = np.asarray(jax.jit(jax.vmap(lambda k: losses.sample_negatives(k, N, 4)))(keys))
   anchors = np.arange(N)
   return dict(
     self_hits=int(np.sum(draws == anchors)),
@@ -300,9 +297,9 @@ def check_param_shardings():
     return treedef.unflatten([jax.random.normal(k, s) for k, s in zip(keys, leaves, strict=True)])
 
   abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = parallel.param_shardings(abstract, mesh, rules, fsdp_min_size=4096)
+  shardings = sharding.param_shardings(abstract, mesh, rules, fsdp_min_size=4096)
   params = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
-  paths = jax.tree.leaves(parallel.tree_paths(params))
+  paths = jax.tree.leaves(sharding.tree_paths(params))
   return {
     path: dict(spec=str(leaf.sharding.spec), shard=list(leaf.addressable_shards[0].data.shape))
     for path, leaf in zip(paths, jax.tree.leaves(params), strict=True)
@@ -311,12 +308,10 @@ def check_param_shardings():
 
 def temp_bytes(mesh, local_pairs: str, n: int, regions: int, words: int, dim: int) -> int:
   """Compiled temp bytes per device of the jitted forward + backward at n pairs per device."""
-  d = parallel.num_batch_shards(mesh)
+  d = sharding.num_batch_shards(mesh)
   big = n * d
-  fn = parallel.sharded_itm_loss(mesh, local_pairs=local_pairs, **HYPER)
-  shard = jax.sharding.NamedSharding(
-    mesh, jax.sharding.PartitionSpec(parallel.mesh_batch_axes(mesh))
-  )
+  fn = losses.itm_objective(mesh, local_pairs=local_pairs, **HYPER)
+  shard = sharding.batch_sharding(mesh)
   arg = lambda *shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=shard)
   grad = jax.jit(jax.grad(lambda *a: fn(*a)[0], argnums=ARGNUMS))
   compiled = grad.lower(

@@ -1,6 +1,7 @@
 """Whole training runs as separate processes: 2 processes x 4 devices reproduce 1 process x 8
-devices; a run killed with SIGKILL (mid-training or mid-save) or stopped by SIGTERM resumes from
-its last complete checkpoint and ends with the parameters of an uninterrupted run."""
+devices, also with one process held back (workers out of step); a run killed with SIGKILL
+(mid-training or mid-save) or stopped by SIGTERM resumes from its last complete checkpoint and ends
+with the parameters of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from jimte import checkpointing
+from launch import multiprocess
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--config", "configs/default.py:tiny", "--noprogress"]
@@ -63,11 +65,29 @@ def _assert_trees_close(a, b, rtol=0.0, atol=0.0):
     )
 
 
+STEPS = ["--config.total_steps=3", "--config.checkpoint_every_steps=3", "--config.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def one_process_of_eight(tmp_path_factory) -> Path:
+  """The work dir of a 3-step run in one process of 8 devices: the reference of the 2 x 4 runs."""
+  workdir = tmp_path_factory.mktemp("one_process_of_eight")
+  _finish(_main(workdir, *STEPS, devices=8))
+  return workdir
+
+
+def _assert_same_run(reference: Path, workdir: Path) -> None:
+  one_state, one_meta = _params(reference)
+  two_state, two_meta = _params(workdir)
+  assert one_meta["step"] == two_meta["step"] == 3
+  _assert_trees_close(one_state["params"], two_state["params"], rtol=1e-5, atol=1e-6)
+  _assert_trees_close(one_state["batch_stats"], two_state["batch_stats"], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
-def test_two_processes_of_four_devices_reproduce_one_process_of_eight(tmp_path):
-  steps = ["--config.total_steps=3", "--config.checkpoint_every_steps=3", "--config.batch_size=16"]
-  single = _main(tmp_path / "one", *steps, devices=8)
-  _finish(single)
+def test_two_processes_of_four_devices_reproduce_one_process_of_eight(
+  tmp_path, one_process_of_eight
+):
   out = subprocess.run(
     [
       sys.executable,
@@ -81,7 +101,7 @@ def test_two_processes_of_four_devices_reproduce_one_process_of_eight(tmp_path):
       *TINY,
       "--workdir",
       str(tmp_path / "two"),
-      *steps,
+      *STEPS,
     ],
     cwd=REPO,
     env=_env(4),
@@ -91,11 +111,48 @@ def test_two_processes_of_four_devices_reproduce_one_process_of_eight(tmp_path):
   )
   assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
   assert "[1]" in out.stdout  # both processes ran and reported
-  one_state, one_meta = _params(tmp_path / "one")
-  two_state, two_meta = _params(tmp_path / "two")
-  assert one_meta["step"] == two_meta["step"] == 3
-  _assert_trees_close(one_state["params"], two_state["params"], rtol=1e-5, atol=1e-6)
-  _assert_trees_close(one_state["batch_stats"], two_state["batch_stats"], rtol=1e-5, atol=1e-6)
+  _assert_same_run(one_process_of_eight, tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_a_process_held_back_until_the_tokenizer_exists_reproduces_one_process(
+  tmp_path, one_process_of_eight
+):
+  """Pod workers are never in step: process 1 joins, then falls behind (tests/_held_back_main.py)
+  until process 0 has saved the tokenizer or waits for it. Every decision that decides which
+  collectives a process runs must be the same on both: before the fix, process 1 found the saved
+  tokenizer, skipped the barrier process 0 waited at, and orbax's barrier failed ('name
+  mismatch')."""
+  work = tmp_path / "two"
+  args = [*TINY, "--workdir", str(work), *STEPS]
+  port = multiprocess.free_port()
+  commands = [
+    multiprocess.process_commands(2, port, args)[0],
+    multiprocess.process_commands(2, port, args, module="tests._held_back_main")[1],
+  ]
+  env = dict(
+    multiprocess.process_env(4, _env(4)),
+    JIMTE_HOLD_UNTIL=str(work / "tokenizer" / "tokenizer.json"),
+  )
+  logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+  procs = []
+  for command, log in zip(commands, logs, strict=True):
+    with open(log, "w") as f:
+      procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT))
+    env = dict(env, JIMTE_HOLD_PEER_PID=str(procs[0].pid))  # process 1 watches process 0
+  deadline = time.monotonic() + 900
+  while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+    if any(p.poll() not in (None, 0) for p in procs):  # one failed: the other would wait forever
+      break
+    time.sleep(0.5)
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+    p.wait()
+  outputs = "\n".join(f"[{i}] " + log.read_text()[-3000:] for i, log in enumerate(logs))
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  assert "held back for" in logs[1].read_text()
+  _assert_same_run(one_process_of_eight, work)
 
 
 def _wait_for(predicate, proc, what, timeout=300):

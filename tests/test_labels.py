@@ -1,7 +1,9 @@
 """Tests for the rule-based report labeler (`data_pipeline.labels`).
 
 Most tests use the CheXpert phrase lists of `shared/data/labelers/chexpert/phrases` and skip when
-that checkout is absent; the loader/configuration tests build their own tiny phrase lists.
+that checkout is absent; the loader/configuration tests build their own tiny phrase lists. One
+file over ~500 lines on purpose: the sentence tables of every rule family share the labeler
+fixture, and reading them side by side is how a rule change is reviewed.
 """
 
 from __future__ import annotations

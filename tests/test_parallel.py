@@ -1,6 +1,7 @@
-"""jimte.parallel: mesh and sharding rules (in this process), and the sharded ITM objective against
-the single-device `losses.itm_loss` on 8 simulated CPU devices (in a subprocess: the device-count
-flag must be set before jax is imported, and the rest of the suite runs with one device)."""
+"""The ITM objective over devices (`jimte.losses.itm_objective`) against the dense reference of the
+contract (tests/reference_losses.py): on a one-device mesh here, and on 8 simulated CPU devices in a
+subprocess (tests/_parallel_checks.py: the device-count flag must be set before jax is imported, and
+the rest of the suite runs with one device)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AbstractMesh
-from jax.sharding import PartitionSpec as P
 
 from configs import common
-from jimte import losses, parallel
+from jimte import losses, sharding
+from tests import reference_losses as ref
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-5  # float32, relative (see _parallel_checks.rel: max |a - b| / max |b|)
@@ -26,153 +26,7 @@ HYPER = dict(gamma1=4.0, gamma2=5.0, gamma3=10.0, sentence_margin=0.5, word_marg
 
 
 # --------------------------------------------------------------------------------------------------
-# Mesh.
-# --------------------------------------------------------------------------------------------------
-
-
-def test_resolve_axis_sizes_fills_the_free_axis():
-  assert parallel.resolve_axis_sizes((("data", -1), ("fsdp", 2)), 8) == [("data", 4), ("fsdp", 2)]
-  assert parallel.resolve_axis_sizes({"data": 2, "fsdp": -1, "model": 2}, 8) == [
-    ("data", 2),
-    ("fsdp", 2),
-    ("model", 2),
-  ]
-
-
-@pytest.mark.parametrize(
-  "axes, devices, message",
-  [
-    ((("data", -1), ("fsdp", -1)), 8, "at most one"),
-    ((("data", -1), ("fsdp", 3)), 8, "not divisible"),
-    ((("data", 2), ("fsdp", 2)), 8, "hold 4 devices"),
-    ((("data", 0),), 8, "positive"),
-    ((("data", -1), ("data", 1)), 8, "repeated"),
-  ],
-)
-def test_resolve_axis_sizes_rejects_bad_layouts(axes, devices, message):
-  with pytest.raises(ValueError, match=message):
-    parallel.resolve_axis_sizes(axes, devices)
-
-
-def test_make_mesh_from_the_default_config():
-  mesh = parallel.make_mesh(common.mesh_config())
-  assert mesh.axis_names == ("data", "fsdp")
-  assert dict(mesh.shape) == {"data": jax.device_count(), "fsdp": 1}
-  assert tuple(mesh.axis_types) == (jax.sharding.AxisType.Auto,) * 2
-
-
-def test_make_mesh_options():
-  explicit = parallel.make_mesh(dict(axes=(("data", -1),), axis_types="explicit"))
-  assert tuple(explicit.axis_types) == (jax.sharding.AxisType.Explicit,)
-  with pytest.raises(ValueError, match="axis_types"):
-    parallel.make_mesh(dict(axes=(("data", -1),), axis_types="manual-ish"))
-  with pytest.raises(ValueError, match="dcn_axes name unknown"):
-    parallel.make_mesh(dict(axes=(("data", -1),), dcn_axes=(("replica", 2),)))
-
-
-def test_batch_sharding_splits_the_leading_dim_over_data_axes():
-  mesh = parallel.make_mesh(dict(axes=(("data", -1), ("fsdp", 1), ("model", 1))))
-  assert parallel.batch_sharding(mesh).spec == P(("data", "fsdp"))
-  assert parallel.batch_sharding(mesh, ("data",)).spec == P(("data",))
-  assert parallel.num_batch_shards(mesh) == jax.device_count()
-  with pytest.raises(ValueError, match="none of the batch axes"):
-    parallel.batch_sharding(mesh, ("replica",))
-
-
-# --------------------------------------------------------------------------------------------------
-# Parameter sharding rules.
-# --------------------------------------------------------------------------------------------------
-
-
-def _shapes(tree):
-  return jax.tree.map(
-    lambda s: jax.ShapeDtypeStruct(s, jnp.float32), tree, is_leaf=lambda s: isinstance(s, tuple)
-  )
-
-
-FAKE_PARAMS = _shapes(
-  {
-    "image": {
-      "stem": {"kernel": (7, 7, 1, 64)},  # 3136 elements: small
-      "block0": {"conv": {"kernel": (3, 3, 64, 64)}},  # 36864: fsdp on a 64
-      "head": {"kernel": (510, 256), "bias": (256,)},
-    },  # 510 % 4 != 0: fsdp on dim 1
-    "text": {
-      "embed": {"embedding": (30000, 128)},
-      "layers": [{"attn": {"query": {"kernel": (128, 128)}}}, {"mlp": {"kernel": (64, 64)}}],
-    },
-    "odd": (3, 5, 7, 11, 13),  # large, nothing divisible
-  }
-)
-
-
-def test_tree_paths_join_keys_and_indices():
-  paths = jax.tree.leaves(parallel.tree_paths(FAKE_PARAMS))
-  assert "image/head/kernel" in paths
-  assert "text/layers/0/attn/query/kernel" in paths
-  assert "text/layers/1/mlp/kernel" in paths
-  assert "odd" in paths
-
-
-def test_param_specs_rules_then_automatic_fsdp():
-  mesh = AbstractMesh((2, 4, 2), ("data", "fsdp", "model"))
-  rules = [
-    (r"attn/.*/kernel$", (None, "model")),
-    (r"embed/embedding$", ("model", "fsdp")),
-    (r"bias$", ()),
-    (r"attn/.*", ("fsdp",)),
-  ]  # never reached for the query kernel: first match wins
-  specs = parallel.param_specs(FAKE_PARAMS, mesh, rules, fsdp_min_size=4096)
-  flat = dict(
-    zip(
-      jax.tree.leaves(parallel.tree_paths(FAKE_PARAMS)),
-      jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)),
-      strict=True,
-    )
-  )
-  assert flat["text/layers/0/attn/query/kernel"] == P(None, "model")
-  assert flat["text/embed/embedding"] == P("model", "fsdp")
-  assert flat["image/head/bias"] == P()
-  assert flat["image/stem/kernel"] == P()  # below fsdp_min_size
-  assert flat["image/block0/conv/kernel"] == P(
-    None, None, "fsdp"
-  )  # largest divisible, first of ties
-  assert flat["image/head/kernel"] == P(None, "fsdp")  # 510 not divisible by 4
-  assert flat["text/layers/1/mlp/kernel"] == P("fsdp")  # 4096 elements: at the threshold
-  assert flat["odd"] == P()
-
-
-def test_param_specs_without_fsdp_axis_replicate():
-  mesh = AbstractMesh((8,), ("data",))
-  specs = parallel.param_specs(FAKE_PARAMS, mesh, fsdp_min_size=1)
-  assert all(s == P() for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)))
-
-
-@pytest.mark.parametrize(
-  "rule, message",
-  [
-    ((r"head/kernel", ("tensor",)), "no mesh axis 'tensor'"),
-    ((r"head/kernel", ("fsdp",)), "not divisible"),
-    ((r"head/bias", (None, "fsdp")), "more entries"),
-    ((r"head/kernel", ("fsdp", "fsdp")), "twice"),
-  ],
-)
-def test_param_specs_reject_bad_rules(rule, message):
-  mesh = AbstractMesh((2, 4), ("data", "fsdp"))
-  with pytest.raises(ValueError, match=message):
-    parallel.param_specs(FAKE_PARAMS, mesh, [rule])
-
-
-def test_param_shardings_on_a_real_mesh_and_config_rules():
-  mesh = parallel.make_mesh(common.mesh_config())
-  shardings = parallel.param_shardings(FAKE_PARAMS, mesh, [(r"bias$", ())], fsdp_min_size=1)
-  leaves = jax.tree.leaves(shardings)
-  assert len(leaves) == len(jax.tree.leaves(FAKE_PARAMS))
-  assert all(isinstance(s, jax.sharding.NamedSharding) and s.mesh == mesh for s in leaves)
-
-
-# --------------------------------------------------------------------------------------------------
-# The sharded objective in this process (a one-device mesh: the shard_map path with d = 1).
+# The objective in this process (a one-device mesh: the shard_map path with d = 1).
 # --------------------------------------------------------------------------------------------------
 
 
@@ -189,21 +43,21 @@ def _inputs(batch=6, regions=4, words=5, dim=8, seed=0):
 
 
 @pytest.mark.parametrize("local_pairs", ["global", "device"])
-def test_one_device_mesh_matches_itm_loss_values_and_grads(local_pairs):
-  mesh = parallel.make_mesh(dict(axes=(("data", -1), ("fsdp", 1))), devices=jax.devices()[:1])
+def test_one_device_mesh_matches_the_dense_reference_values_and_grads(local_pairs):
+  mesh = sharding.make_mesh(dict(axes=(("data", -1), ("fsdp", 1))), devices=jax.devices()[:1])
   img, txt, regions, words, mask = _inputs()
   neg = losses.sample_negatives(jax.random.key(0), img.shape[0])
   study = jnp.asarray([0, 1, 1, 2, 3, 3], jnp.int32)
-  sharded = parallel.sharded_itm_loss(mesh, local_pairs=local_pairs, **HYPER)
+  objective = losses.itm_objective(mesh, local_pairs=local_pairs, **HYPER)
 
   def grads(fn):
     return jax.jit(
       jax.value_and_grad(lambda *a: fn(*a, mask, neg, study), argnums=(0, 1, 2, 3), has_aux=True)
     )(img, txt, regions, words)
 
-  (total, terms), g = grads(sharded)
+  (total, terms), g = grads(objective)
   (ref_total, ref_terms), ref_g = grads(
-    lambda *a: losses.itm_loss(*a[:5], a[5], study_ids=a[6], **HYPER)
+    lambda *a: ref.itm_loss(*a[:5], a[5], study_ids=a[6], **HYPER)
   )
   assert sorted(terms) == sorted(losses.TERM_NAMES)
   np.testing.assert_allclose(float(total), float(ref_total), rtol=TOL)
@@ -213,13 +67,13 @@ def test_one_device_mesh_matches_itm_loss_values_and_grads(local_pairs):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL * float(jnp.max(jnp.abs(b))))
 
 
-def test_sharded_itm_loss_validates_its_arguments():
-  mesh = parallel.make_mesh(common.mesh_config())
+def test_objective_validates_its_arguments():
+  mesh = sharding.make_mesh(common.mesh_config())
   with pytest.raises(ValueError, match="local_pairs"):
-    parallel.sharded_itm_loss(mesh, local_pairs="host")
+    losses.itm_objective(mesh, local_pairs="host")
   with pytest.raises(ValueError, match="unknown ITM terms"):
-    parallel.sharded_itm_loss(mesh, weights={"word_ce": 1.0})
-  fn = parallel.sharded_itm_loss(mesh)
+    losses.itm_objective(mesh, weights={"word_ce": 1.0})
+  fn = losses.itm_objective(mesh)
   img, txt, regions, words, mask = _inputs()
   with pytest.raises(ValueError, match="neg_idx is needed"):
     fn(img, txt, regions, words, mask, None)
@@ -229,14 +83,6 @@ def test_sharded_itm_loss_validates_its_arguments():
     fn(img, txt, regions, words, mask, "easiest")
   with pytest.raises(ValueError, match="batch size"):
     fn(img, txt[:4], regions, words, mask, jnp.zeros(6, jnp.int32))
-
-
-def test_sample_negatives_single_shard():
-  neg = np.asarray(parallel.sample_negatives(jax.random.key(3), 10))
-  assert neg.shape == (10,) and neg.dtype == np.int32
-  assert np.all(neg != np.arange(10)) and np.all((neg >= 0) & (neg < 10))
-  with pytest.raises(ValueError, match="does not split"):
-    parallel.sample_negatives(jax.random.key(3), 10, 4)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """End-to-end trainer behaviour on a tiny synthetic run: the loss falls, checkpoints round-trip, a
 resumed run ends bit-identical to an uninterrupted one, NaN stops the run with the last good
-checkpoint intact, and config overrides reject unknown keys."""
+checkpoint intact, config overrides reject unknown keys, and the evaluators of `config.evals` run
+on their own splits at their own cadence. Also the step dispatcher (`jimte.steps.TrainSteps`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from jimte import train
+from jimte import data as data_lib
+from jimte import steps, train
+from jimte.evaluate import encode
 from tests._tiny import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,8 +80,9 @@ def test_checkpoint_round_trip(tmp_path):
   ckpt.close()
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  c = tiny_config(**{"loss.mixture": False})
+@pytest.mark.parametrize("log_every_steps", [2, 1000])  # noticed at a log step | before a save
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, log_every_steps):
+  c = tiny_config(**{"loss.mixture": False, "log_every_steps": log_every_steps})
   train.train_and_evaluate(c, str(tmp_path), stop_after_steps=4, progress=False)
   c.optim.learning_rate = float("nan")  # poisons the next update: step 5's gradients become NaN
   with pytest.raises(train.NonFiniteError, match="non-finite"):
@@ -111,7 +117,7 @@ def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path):
   c = tiny_config(
     **{
       "total_steps": 12,
-      "eval_every_steps": 3,
+      "evals.retrieval.every_steps": 3,
       "checkpoint_every_steps": 100,
       "keep_checkpoints": 1,
       "keep_best_checkpoints": 1,
@@ -133,3 +139,115 @@ def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path):
   assert 12 in kept  # the latest
   best = [s for s in kept if s != 12]
   assert len(best) == 1 and ranks[best[0]] == min(ranks.values())  # and the best evaluated one
+
+
+def test_train_steps_compile_once_per_kind_and_record_flops():
+  calls = []
+
+  def double(state, batch):
+    calls.append(1)
+    return state @ batch, {"train/loss": state[0, 0]}
+
+  train_steps = steps.TrainSteps({"double": jax.jit(double)}, kind_of=lambda step: "double")
+  x = jnp.ones((8, 8))
+  y, _ = train_steps(0, x, x)
+  train_steps(1, y, x)
+  assert len(calls) == 1  # traced once
+  assert train_steps.flops["double"] == pytest.approx(2 * 8**3, rel=0.05)
+  assert train_steps.take_flops() == pytest.approx(2 * train_steps.flops["double"])
+  assert train_steps.take_flops() == 0.0
+
+
+def test_train_steps_remember_the_first_non_finite_step():
+  def step(state, batch):
+    return state + 1, {
+      "train/loss": jnp.where(state == batch, jnp.nan, 0.0),
+      "health/grad_norm_text": jnp.float32(1.0),
+      "train/mlm_accuracy": jnp.float32(jnp.nan),  # not a checked metric
+    }
+
+  train_steps = steps.TrainSteps({"s": jax.jit(step)}, kind_of=lambda step: "s")
+  state = jnp.int32(0)
+  for i in range(2):
+    state, _ = train_steps(i, state, jnp.int32(5))
+  assert train_steps.first_non_finite_step() is None
+  for i in range(2, 8):  # the step from state 5 (the 6th update) has a NaN loss
+    state, _ = train_steps(i, state, jnp.int32(5))
+  assert train_steps.first_non_finite_step() == 6
+
+
+def _spy_on_evaluation(monkeypatch) -> dict[str, list]:
+  """Records the splits the evaluators encode and how often an encoder is made."""
+  seen = {"encoded": [], "encoders": [], "boxes": []}
+  eval_batches, make_encode_fn = data_lib.DataBundle.eval_batches, encode.make_encode_fn
+  boxes = data_lib.DataBundle.ground_truth_boxes
+
+  def spy_batches(self, mesh, split):
+    seen["encoded"].append(split)
+    return eval_batches(self, mesh, split)
+
+  def spy_boxes(self, split):
+    seen["boxes"].append(split)
+    return boxes(self, split)
+
+  def spy_encoder(model):
+    seen["encoders"].append(model)
+    return make_encode_fn(model)
+
+  monkeypatch.setattr(data_lib.DataBundle, "eval_batches", spy_batches)
+  monkeypatch.setattr(data_lib.DataBundle, "ground_truth_boxes", spy_boxes)
+  monkeypatch.setattr(encode, "make_encode_fn", spy_encoder)
+  return seen
+
+
+def test_attention_png_reads_its_own_split_with_retrieval_off(tmp_path, monkeypatch):
+  seen = _spy_on_evaluation(monkeypatch)
+  c = tiny_config(**{"total_steps": 2})
+  c.evals = ml_collections.ConfigDict(
+    {"figure": dict(type="attention_png", split="validation", num_pairs=2, filename="fig.png")}
+  )
+  metrics, _ = train.train_and_evaluate(c, str(tmp_path), progress=False)
+  assert (tmp_path / "fig.png").exists()
+  assert seen["encoded"] == ["validation"] and seen["boxes"] == ["validation"]
+  assert not any(k.startswith("eval/") for k in metrics)
+
+
+def test_evaluators_of_one_type_on_two_splits_at_their_cadence(tmp_path, monkeypatch):
+  seen = _spy_on_evaluation(monkeypatch)
+  c = tiny_config(**{"total_steps": 4})
+  c.evals = ml_collections.ConfigDict(
+    {
+      "retrieval_test": dict(type="retrieval", split="test", every_steps=2, ks=(1, 5)),
+      "retrieval_val": dict(type="retrieval", split="validation", ks=(1,), scores=("global",)),
+      "attention_png": dict(type="attention_png", split="test", num_pairs=2),
+    }
+  )
+  train.train_and_evaluate(c, str(tmp_path), progress=False)
+  # Step 2: retrieval_test alone; the end: all, the test split (read by two) encoded once.
+  assert seen["encoded"] == ["test", "test", "validation"]
+  assert len(seen["encoders"]) == 1  # one jitted encoder for the whole run
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "eval/retrieval_test/global/i2t_R@1" in r] == [2, 4]
+  final = json.loads((tmp_path / "final_metrics.json").read_text())
+  assert final["eval/retrieval_val/chance_R@1"] == pytest.approx(1 / 32)
+  assert "eval/retrieval_val/local/i2t_R@1" not in final
+  assert (tmp_path / "attention.png").exists()
+
+
+@pytest.mark.parametrize(
+  "entry, key",
+  [
+    (dict(type="retreival", split="test"), "config.evals.bad.type"),
+    (dict(split="test"), "config.evals.bad.type"),
+    (dict(type="retrieval", split="test", kss=(1,)), "config.evals.bad.kss"),
+    (dict(type="retrieval"), "config.evals.bad.split"),
+    (dict(type="retrieval", split="test", every_steps=-1), "config.evals.bad.every_steps"),
+    (dict(type="retrieval", split="test", scores=("glob",)), "config.evals.bad.scores"),
+  ],
+)
+def test_a_bad_evaluator_entry_fails_before_training_naming_the_key(tmp_path, entry, key):
+  c = tiny_config()
+  c.evals.bad = entry
+  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    train.train_and_evaluate(c, str(tmp_path), progress=False)
+  assert not (tmp_path / "tokenizer").exists()  # nothing was read or trained

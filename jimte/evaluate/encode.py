@@ -6,7 +6,7 @@ full, padding-free arrays in split order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -16,8 +16,9 @@ from jax.experimental import multihost_utils
 ENCODED_KEYS = ("image_global", "regions", "sentence", "words", "word_mask")
 
 
-def make_encode_fn(model):
-  """A jitted function (variables, image, tokens) -> the joint outputs in eval mode."""
+def make_encode_fn(model) -> Callable:
+  """A jitted function (variables, image, tokens) -> the joint outputs in eval mode; make it once
+  per model (each call of this makes a new function, compiled anew)."""
 
   def encode(variables, image, tokens):
     out = model.apply(variables, image, tokens, train=False)
@@ -33,19 +34,19 @@ def make_encode_fn(model):
 
 
 def encode_split(
-  model,
+  encode: Callable,
   variables: Mapping[str, Any],
   batches: Iterable[Mapping[str, jax.Array]],
   *,
   keep_images: int = 0,
   extra_keys: Iterable[str] = (),
 ) -> dict[str, np.ndarray]:
-  """Runs the towers over every batch; returns valid rows only, ordered by example index.
+  """Runs `encode` (from `make_encode_fn`) over every batch; returns valid rows only, ordered by
+  example index.
 
   `keep_images` keeps the first that many input images (for pictures); `extra_keys` are batch
   entries (e.g. tokens, ground truth) gathered alongside the embeddings.
   """
-  encode = make_encode_fn(model)
   collected: dict[str, list[np.ndarray]] = {}
   kept_images = 0
   for batch in batches:

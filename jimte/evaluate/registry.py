@@ -1,83 +1,192 @@
-"""Runs the evaluators named in `config.evals` (name -> its settings); each writes eval/<name>/...
-."""
+"""The evaluators of `config.evals`, each chosen by its `type` from a registry and built once.
+
+`config.evals` maps a name to `dict(type=..., split=..., every_steps=..., <the type's settings>)`:
+`type` picks the class (`EVALUATORS`), so one type can run twice, e.g. on two splits; `split` is
+the split it reads; `every_steps` > 0 also runs it every so many steps during training (such a step
+also saves a checkpoint carrying the results, which `keep_best_checkpoints` ranks by
+`best_metric`), 0 only once training is complete. Every evaluator runs at the end. Results are
+written as `eval/<name>/<metric>`. A bad entry fails when the evaluators are built, before any data
+is read, naming its key.
+"""
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 import jax
+import ml_collections
 import numpy as np
 
 from jimte.evaluate import attention_png, encode, retrieval
 
 log = logging.getLogger("jimte.evaluate")
 
-
-def _retrieval(cfg, *, config, encoded, data, workdir) -> dict[str, float]:
-  results = retrieval.evaluate(
-    encoded,
-    ks=tuple(cfg.ks),
-    scores=tuple(cfg.scores),
-    gamma1=config.loss.gamma1,
-    gamma2=config.loss.gamma2,
-    gamma3=config.loss.gamma3,
-  )
-  lines = [f"retrieval on {int(results['num_pairs'])} held-out pairs (chance R@K = K/N):"]
-  for score in cfg.scores:
-    for direction in ("i2t", "t2i"):
-      row = "  ".join(f"R@{k} {100 * results[f'{score}/{direction}_R@{k}']:5.1f}%" for k in cfg.ks)
-      lines.append(f"  {score:8s} {direction}: {row}")
-  lines.append(
-    "  chance      : " + "  ".join(f"R@{k} {100 * results[f'chance_R@{k}']:5.1f}%" for k in cfg.ks)
-  )
-  if jax.process_index() == 0:
-    print("\n".join(lines), flush=True)
-  return results
+COMMON_KEYS = ("type", "split", "every_steps")  # the keys every entry of config.evals has
 
 
-def _attention_png(cfg, *, config, encoded, data, workdir) -> dict[str, float]:
-  if jax.process_index() != 0:  # one writer of the shared work dir
-    return {}
-  path = os.path.join(workdir, "attention.png")
-  attention_png.save_attention_png(
-    path,
-    encoded,
-    data.tokenizer,
-    gamma1=config.loss.gamma1,
-    num_pairs=cfg.num_pairs,
-    words_per_pair=cfg.words_per_pair,
-    boxes=data.ground_truth_boxes(config.evals.retrieval.split),
-  )
-  print(f"word->region attention figure: {path}", flush=True)
-  return {}
+class Evaluator(abc.ABC):
+  """One entry of `config.evals`: what it reads (`split`), when it runs (`every_steps`), and the
+  settings of its type (`SETTINGS`, the defaults of those an entry leaves out)."""
 
+  TYPE: ClassVar[str]
+  SETTINGS: ClassVar[Mapping[str, Any]]
+  keep_images: int = 0  # input images of the split to keep in the encoding (for pictures)
 
-EVALUATORS: dict[str, Callable] = {"retrieval": _retrieval, "attention_png": _attention_png}
-
-
-def run_all(config, model, state, data, mesh, workdir, writer) -> dict[str, float]:
-  """Encodes each needed split once and runs every configured evaluator on it."""
-  unknown = set(config.evals.keys()) - set(EVALUATORS)
-  if unknown:
-    raise ValueError(
-      f"config.evals: unknown evaluator(s) {sorted(unknown)}; known: {sorted(EVALUATORS)}"
-    )
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  keep = max((cfg.get("num_pairs", 0) for cfg in config.evals.values()), default=0)
-  encoded_by_split: dict[str, dict[str, np.ndarray]] = {}
-  results: dict[str, float] = {}
-  for name, cfg in config.evals.items():
-    split = cfg.get("split", config.data.eval_split)
-    if split not in encoded_by_split:
-      encoded_by_split[split] = encode.encode_split(
-        model, variables, data.eval_batches(mesh, split), keep_images=keep
+  def __init__(self, name: str, entry: Mapping[str, Any], config: ml_collections.ConfigDict):
+    self.name = name
+    self.key = f"config.evals.{name}"
+    unknown = sorted(set(entry.keys()) - set(COMMON_KEYS) - set(self.SETTINGS))
+    if unknown:
+      raise ValueError(
+        f"{self.key}.{unknown[0]}: not a setting of a {self.TYPE!r} evaluator "
+        f"(its keys: {', '.join([*COMMON_KEYS, *self.SETTINGS])})"
       )
-    out = EVALUATORS[name](
-      cfg, config=config, encoded=encoded_by_split[split], data=data, workdir=workdir
+    if not entry.get("split"):
+      raise ValueError(f"{self.key}.split: missing (the split this evaluator reads)")
+    self.split = str(entry["split"])
+    self.every_steps = entry.get("every_steps", 0)
+    if not isinstance(self.every_steps, int) or self.every_steps < 0:
+      raise ValueError(
+        f"{self.key}.every_steps: {self.every_steps!r} is not a step count >= 0 "
+        "(0: only once training is complete)"
+      )
+    self.settings = {k: entry.get(k, default) for k, default in self.SETTINGS.items()}
+
+  def due(self, step: int) -> bool:
+    """Whether it runs during training after `step` updates."""
+    return self.every_steps > 0 and step % self.every_steps == 0
+
+  @abc.abstractmethod
+  def __call__(self, encoded: Mapping[str, np.ndarray], *, data, workdir: str) -> dict[str, float]:
+    """The results on the encoded split (`encode.encode_split`), as {metric: value}."""
+
+
+class RetrievalEvaluator(Evaluator):
+  """Recall@K in both directions for each score kind (`jimte.evaluate.retrieval`), with chance."""
+
+  TYPE = "retrieval"
+  SETTINGS = {"ks": (1, 5, 10), "scores": retrieval.SCORES}
+
+  def __init__(self, name, entry, config):
+    super().__init__(name, entry, config)
+    unknown = sorted(set(self.settings["scores"]) - set(retrieval.SCORES))
+    if unknown:
+      raise ValueError(
+        f"{self.key}.scores: unknown score(s) {unknown}; known: {', '.join(retrieval.SCORES)}"
+      )
+    self.ks = tuple(int(k) for k in self.settings["ks"])
+    self.scores = tuple(self.settings["scores"])
+    self.gammas = {g: float(config.loss[g]) for g in ("gamma1", "gamma2", "gamma3")}
+
+  def __call__(self, encoded, *, data, workdir) -> dict[str, float]:
+    results = retrieval.evaluate(encoded, ks=self.ks, scores=self.scores, **self.gammas)
+    lines = [
+      f"{self.name}: retrieval on {int(results['num_pairs'])} held-out pairs of {self.split!r} "
+      "(chance R@K = K/N):"
+    ]
+    for score in self.scores:
+      for direction in ("i2t", "t2i"):
+        row = "  ".join(
+          f"R@{k} {100 * results[f'{score}/{direction}_R@{k}']:5.1f}%" for k in self.ks
+        )
+        lines.append(f"  {score:8s} {direction}: {row}")
+    lines.append(
+      "  chance      : "
+      + "  ".join(f"R@{k} {100 * results[f'chance_R@{k}']:5.1f}%" for k in self.ks)
     )
-    results.update({f"eval/{name}/{k}": v for k, v in out.items()})
-  writer.write_scalars(int(state.step), results)
-  writer.flush()
-  return results
+    if jax.process_index() == 0:
+      print("\n".join(lines), flush=True)
+    return results
+
+
+class AttentionPngEvaluator(Evaluator):
+  """A PNG of word->region attention on a few pairs of its split (`jimte.evaluate.attention_png`),
+  written to `<workdir>/<filename>` by process 0; no metrics."""
+
+  TYPE = "attention_png"
+  SETTINGS = {"num_pairs": 4, "words_per_pair": 4, "filename": "attention.png"}
+
+  def __init__(self, name, entry, config):
+    super().__init__(name, entry, config)
+    self.keep_images = int(self.settings["num_pairs"])
+    self.gamma1 = float(config.loss.gamma1)
+
+  def __call__(self, encoded, *, data, workdir) -> dict[str, float]:
+    if jax.process_index() != 0:  # one writer of the shared work dir
+      return {}
+    path = os.path.join(workdir, self.settings["filename"])
+    attention_png.save_attention_png(
+      path,
+      encoded,
+      data.tokenizer,
+      gamma1=self.gamma1,
+      num_pairs=self.keep_images,
+      words_per_pair=int(self.settings["words_per_pair"]),
+      boxes=data.ground_truth_boxes(self.split),
+    )
+    print(f"word->region attention figure: {path}", flush=True)
+    return {}
+
+
+EVALUATORS: dict[str, type[Evaluator]] = {
+  cls.TYPE: cls for cls in (RetrievalEvaluator, AttentionPngEvaluator)
+}
+
+
+def build_evaluators(config: ml_collections.ConfigDict) -> list[Evaluator]:
+  """The evaluators of `config.evals`, in its order; a bad entry is an error naming its key."""
+  evaluators = []
+  for name, entry in config.evals.items():
+    kind = entry.get("type")
+    if kind not in EVALUATORS:
+      raise ValueError(
+        f"config.evals.{name}.type: unknown evaluator type {kind!r}; known: "
+        f"{', '.join(sorted(EVALUATORS))}"
+      )
+    evaluators.append(EVALUATORS[kind](name, entry, config))
+  return evaluators
+
+
+class EvalRunner:
+  """Runs evaluators on a train state and writes their results (eval/<name>/<metric>).
+
+  Built once before the training loop: the encoder is jitted once, and a split read by several
+  evaluators run at one step is encoded once.
+  """
+
+  def __init__(self, evaluators: Iterable[Evaluator], *, model, data, mesh, workdir, writer):
+    self.evaluators = list(evaluators)
+    self._encode = encode.make_encode_fn(model)
+    self._data, self._mesh, self._workdir, self._writer = data, mesh, workdir, writer
+
+  def due(self, step: int) -> list[Evaluator]:
+    """The evaluators whose cadence falls on `step`."""
+    return [e for e in self.evaluators if e.due(step)]
+
+  def run(
+    self, state, step: int, evaluators: Iterable[Evaluator] | None = None
+  ) -> dict[str, float]:
+    """Runs `evaluators` (all by default) on `state`; returns and writes their results."""
+    evaluators = self.evaluators if evaluators is None else list(evaluators)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    encoded: dict[str, dict[str, np.ndarray]] = {}
+    results: dict[str, float] = {}
+    for evaluator in evaluators:
+      split = evaluator.split
+      if split not in encoded:
+        encoded[split] = encode.encode_split(
+          self._encode,
+          variables,
+          self._data.eval_batches(self._mesh, split),
+          keep_images=max(e.keep_images for e in evaluators if e.split == split),
+        )
+      out = evaluator(encoded[split], data=self._data, workdir=self._workdir)
+      results.update({f"eval/{evaluator.name}/{k}": v for k, v in out.items()})
+    if results:
+      self._writer.write_scalars(step, results)
+      self._writer.flush()
+    return results

@@ -17,6 +17,8 @@ import numpy as np
 
 from jimte import losses
 
+SCORES = ("global", "local", "combined")  # the score kinds, in the order above
+
 
 def ranks_of_diagonal(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """0-based rank of the true match for every image (row) and every text (column), ties
@@ -100,9 +102,9 @@ def score_matrices(
       out["local"] = local
     if "combined" in names:
       out["combined"] = gamma3 * (glob + local)
-  unknown = set(names) - {"global", "local", "combined"}
+  unknown = set(names) - set(SCORES)
   if unknown:
-    raise ValueError(f"config.evals.retrieval.scores: unknown score(s) {sorted(unknown)}")
+    raise ValueError(f"unknown score(s) {sorted(unknown)}; known: {', '.join(SCORES)}")
   return out
 
 
@@ -110,7 +112,7 @@ def evaluate(
   encoded: Mapping[str, np.ndarray],
   *,
   ks=(1, 5, 10),
-  scores=("global", "local", "combined"),
+  scores=SCORES,
   gamma1: float = 4.0,
   gamma2: float = 5.0,
   gamma3: float = 10.0,

@@ -1,29 +1,24 @@
-"""JoImTeRNet objectives as pure JAX functions of the two towers' embeddings.
+"""The word-level matching score Z of every (image, text) pair, and the attention behind it.
 
-The math is the contract written in `design/losses.md`: every score matrix has rows = images and
-columns = texts; cosines divide by `max(|x| |y|, 1e-8)`; the word score Z(a, b) is the log-sum-exp
-of `gamma2 * cos(word, attended context)` over the valid words of text b (no `1 / gamma2`).
-
-The expensive part is Z for every (image, text) pair. `region_word_scores` computes it in
-blocks of texts with a hand-written backward pass that recomputes each block, so memory stays
-linear in the batch while every heavy contraction is one large GEMM. Nothing here knows about
-devices or sharding; `jimte.parallel` composes these functions over a global batch.
+Z(a, b) is the log-sum-exp of `gamma2 * cos(word, attended context)` over the valid words of text b
+(losses.md: no `1 / gamma2`). The expensive part is Z for every pair: `region_word_scores` computes
+it in blocks of texts with a hand-written backward pass that recomputes each block, so memory stays
+linear in the batch while every heavy contraction is one large GEMM. `pair_region_word_scores` and
+`word_region_attention` do the same math for matched pairs only. Nothing here knows about devices;
+`jimte.losses.objective` composes these functions over a global batch.
 """
 
 from __future__ import annotations
 
-import types
-from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-Array = jax.Array
+from jimte.losses.numerics import COSINE_EPS, safe_norm, stats_dtype
 
-# Lower bound on the product of norms in every cosine (as in the original code).
-COSINE_EPS = 1e-8
+Array = jax.Array
 
 # Z of a text without a single valid word. log of an empty sum would be -inf (and NaN in the CE);
 # this finite stand-in loses every comparison, yields zero gradient to the features, and cannot
@@ -31,22 +26,6 @@ COSINE_EPS = 1e-8
 # cases.
 EMPTY_TEXT_SCORE = -1.0e4
 
-# The eight ITM terms, in the order they are reported.
-TERM_NAMES = (
-  "sentence_ce_i2t",
-  "sentence_ce_t2i",
-  "word_ce_i2t",
-  "word_ce_t2i",
-  "sentence_triplet_i2t",
-  "sentence_triplet_t2i",
-  "word_triplet_i2t",
-  "word_triplet_t2i",
-)
-
-# Weights of the original JoImTeRNet: 1.0 on the cross-entropy terms, 2.0 on the triplets.
-DEFAULT_WEIGHTS: Mapping[str, float] = types.MappingProxyType(
-  {name: (2.0 if "triplet" in name else 1.0) for name in TERM_NAMES}
-)
 
 # Elements of one [images, regions, texts, words] block tensor that the automatic block size aims
 # for, per backend. CPU: 16 MiB in float32, big enough for full-speed GEMMs and close to the
@@ -55,54 +34,12 @@ DEFAULT_WEIGHTS: Mapping[str, float] = types.MappingProxyType(
 _BLOCK_ELEMENT_BUDGET = {"cpu": 1 << 22}
 _ACCELERATOR_BLOCK_ELEMENT_BUDGET = 1 << 26
 
-# Below this gamma1 the region softmax needs no max-shift: exp(gamma1 * Q) <= exp(gamma1), Q in [0,
-# 1].
+# Below this gamma1 the region softmax needs no max-shift: exp(gamma1 * Q) <= exp(gamma1), as the
+# word softmax Q lies in [0, 1].
 _UNSHIFTED_REGION_SOFTMAX_MAX_GAMMA = 30.0
 
-Negatives = Array | tuple[Array, Array]
+
 ContextMethod = Literal["auto", "gram", "direct"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Small shared pieces
-# ----------------------------------------------------------------------------------------------
-
-
-def _stats_dtype(*dtypes) -> jnp.dtype:
-  """Dtype of softmaxes, cosines and log-sum-exps: float32, or float64 when inputs are float64."""
-  return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
-
-
-def _norm(x: Array, axis: int = -1) -> Array:
-  """Euclidean norm along `axis` whose gradient at a zero vector is 0 rather than NaN."""
-  sq_norm = jnp.sum(x * x, axis=axis)
-  positive = sq_norm > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq_norm, 1.0)), 0.0)
-
-
-def cosine_matrix(x: Array, y: Array) -> Array:
-  """All-pairs cosine [A, B] of x [A, D] and y [B, D], with `max(|x||y|, 1e-8)` below."""
-  dtype = _stats_dtype(x.dtype, y.dtype)
-  x = x.astype(dtype)
-  y = y.astype(dtype)
-  dots = x @ y.T
-  norm_products = _norm(x)[:, None] * _norm(y)[None, :]
-  return dots / jnp.maximum(norm_products, COSINE_EPS)
-
-
-def _rowwise_cosine(x: Array, y: Array) -> Array:
-  """Cosine of matching rows of x [N, D] and y [N, D] -> [N]."""
-  dtype = _stats_dtype(x.dtype, y.dtype)
-  x = x.astype(dtype)
-  y = y.astype(dtype)
-  norm_products = _norm(x) * _norm(y)
-  return jnp.sum(x * y, axis=-1) / jnp.maximum(norm_products, COSINE_EPS)
-
-
-def _same_study_off_diagonal(study_ids: Array) -> Array:
-  """Bool [B, B]: True where a != b but both belong to the same study."""
-  same = study_ids[:, None] == study_ids[None, :]
-  return same & ~jnp.eye(study_ids.shape[0], dtype=bool)
 
 
 def _masked_softmax(x: Array, mask: Array, axis: int) -> Array:
@@ -207,7 +144,7 @@ def _block_intermediates(
   n_img, n_reg, dim = regions.shape
   n_txt, n_words, _ = words.shape
   n_cols = n_txt * n_words
-  stats = _stats_dtype(regions.dtype, words.dtype)
+  stats = stats_dtype(regions.dtype, words.dtype)
 
   p = lax.dot_general(
     regions.reshape(n_img * n_reg, dim),
@@ -264,7 +201,7 @@ def _block_backward(
   n_img, n_reg, dim = regions.shape
   n_txt, n_words, _ = words.shape
   n_cols = n_txt * n_words
-  stats = _stats_dtype(regions.dtype, words.dtype)
+  stats = stats_dtype(regions.dtype, words.dtype)
   it = _block_intermediates(regions, gram, words, word_mask, word_norms, gamma1, gamma2, use_gram)
 
   valid = word_mask[None]
@@ -325,7 +262,7 @@ def _block_backward(
 
 def _word_norms(words: Array) -> Array:
   """|e_k| [..., T] in the stats dtype."""
-  return _norm(words.astype(_stats_dtype(words.dtype)))
+  return safe_norm(words.astype(stats_dtype(words.dtype)))
 
 
 def _gram(regions: Array, use_gram: bool) -> Array | None:
@@ -336,7 +273,7 @@ def _gram(regions: Array, use_gram: bool) -> Array | None:
     regions,
     regions,
     (((2,), (2,)), ((0,), (0,))),
-    preferred_element_type=_stats_dtype(regions.dtype),
+    preferred_element_type=stats_dtype(regions.dtype),
   )
 
 
@@ -352,8 +289,7 @@ def _blocked_scores_impl(gamma1, gamma2, use_gram, regions, word_blocks, mask_bl
 
 
 def _blocked_scores(gamma1, gamma2, use_gram, regions, word_blocks, mask_blocks):
-  """Z blocks [n_blocks, B_img, blk] for word blocks [n_blocks, blk, T, D] (inputs already
-  clean)."""
+  """Z blocks [n_blocks, B_img, blk] for word blocks [n_blocks, blk, T, D] (inputs clean)."""
   return _blocked_scores_impl(
     gamma1, gamma2, use_gram, regions, word_blocks, mask_blocks, _gram(regions, use_gram)
   )
@@ -369,7 +305,7 @@ def _blocked_scores_fwd(gamma1, gamma2, use_gram, regions, word_blocks, mask_blo
 def _blocked_scores_bwd(gamma1, gamma2, use_gram, residuals, score_cotangents):
   """custom_vjp backward: a scan over blocks, each recomputed, summing the regions' cotangents."""
   regions, gram, word_blocks, mask_blocks = residuals
-  stats = _stats_dtype(regions.dtype, word_blocks.dtype)
+  stats = stats_dtype(regions.dtype, word_blocks.dtype)
   norm_blocks = _word_norms(word_blocks)
 
   def one_block(carry, block):
@@ -491,14 +427,14 @@ def pair_region_word_scores(
   compute = jnp.result_type(regions.dtype, words.dtype)
   regions = regions.astype(compute)
   words = jnp.where(word_mask[..., None], words.astype(compute), 0)
-  stats = _stats_dtype(compute)
+  stats = stats_dtype(compute)
 
   p = jnp.einsum("brd,bkd->brk", regions, words, preferred_element_type=stats)
   q = _masked_softmax(p, word_mask[:, None, :], axis=-1)
   alpha = _region_softmax(q, float(gamma1), axis=1)  # [b, r, k]
   context = jnp.einsum("brk,brd->bkd", alpha, regions.astype(stats))
   cos = jnp.sum(context * words.astype(stats), axis=-1) / jnp.maximum(
-    _norm(context) * _word_norms(words), COSINE_EPS
+    safe_norm(context) * _word_norms(words), COSINE_EPS
   )
   return _masked_logsumexp(float(gamma2) * cos, word_mask, axis=-1)
 
@@ -517,258 +453,8 @@ def word_region_attention(
   word_mask = word_mask.astype(bool)
   compute = jnp.result_type(regions.dtype, words.dtype)
   words = jnp.where(word_mask[..., None], words.astype(compute), 0)
-  stats = _stats_dtype(compute)
+  stats = stats_dtype(compute)
   p = jnp.einsum("brd,bkd->brk", regions.astype(compute), words, preferred_element_type=stats)
   q = _masked_softmax(p, word_mask[:, None, :], axis=-1)
   alpha = _region_softmax(q, float(gamma1), axis=1)
   return jnp.where(word_mask[..., None], jnp.swapaxes(alpha, 1, 2), 0.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Cross-entropy matching losses
-# ----------------------------------------------------------------------------------------------
-
-
-def ce_from_scores(logits: Array, study_ids: Array | None = None) -> tuple[Array, Array]:
-  """(i2t, t2i) cross-entropies of a square [B, B] logit matrix (rows images, columns texts).
-
-  i2t averages CE(row a, target a) over rows, t2i CE(column b, target b) over columns. With
-  `study_ids` [B], off-diagonal pairs of the same study are set to -inf first.
-  """
-  if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
-    raise ValueError(f"logits must be square [B, B], got {logits.shape}")
-  logits = logits.astype(_stats_dtype(logits.dtype))
-  if study_ids is not None:
-    logits = jnp.where(_same_study_off_diagonal(jnp.asarray(study_ids)), -jnp.inf, logits)
-  i2t = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=1)))
-  t2i = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=0)))
-  return i2t, t2i
-
-
-def global_ce_loss(
-  img_emb: Array, txt_emb: Array, gamma3: float = 10.0, study_ids: Array | None = None
-) -> tuple[Array, Array]:
-  """Sentence-level CE (i2t, t2i) on M_s = gamma3 * cos(g_a, s_b); img_emb, txt_emb [B, D]."""
-  return ce_from_scores(gamma3 * cosine_matrix(img_emb, txt_emb), study_ids)
-
-
-def local_ce_loss(
-  regions: Array,
-  words: Array,
-  word_mask: Array,
-  gamma1: float = 4.0,
-  gamma2: float = 5.0,
-  gamma3: float = 10.0,
-  study_ids: Array | None = None,
-  text_block: int | None = None,
-) -> tuple[Array, Array]:
-  """Word-level CE (i2t, t2i) on M_w = gamma3 * Z, Z from `region_word_scores`."""
-  scores = region_word_scores(regions, words, word_mask, gamma1, gamma2, text_block)
-  return ce_from_scores(gamma3 * scores, study_ids)
-
-
-# ----------------------------------------------------------------------------------------------
-# Negatives and triplet ranking losses
-# ----------------------------------------------------------------------------------------------
-
-
-def sample_negatives(rng: Array, batch_size: int) -> Array:
-  """int32 [B]: for each anchor i an index n(i) != i, uniform over the other B - 1 (one draw).
-
-  The same indices serve all four triplet terms, as in the original.
-  """
-  if batch_size < 2:
-    raise ValueError(f"negatives need a batch of at least 2, got {batch_size}")
-  offsets = jax.random.randint(rng, (batch_size,), 1, batch_size, dtype=jnp.int32)
-  return (jnp.arange(batch_size, dtype=jnp.int32) + offsets) % batch_size
-
-
-def hardest_negatives(sim_matrix: Array, study_ids: Array | None = None) -> tuple[Array, Array]:
-  """VSE++ negatives from a [B, B] similarity (rows images, columns texts).
-
-  Returns (neg_txt_for_img, neg_img_for_txt), int32 [B] each: the most similar off-diagonal
-  text of each image and image of each text, skipping same-study pairs when `study_ids` is
-  given. Pass the pair as `neg_idx` to the triplet functions (or `neg_idx="hardest"` to
-  `itm_loss`, which then mines each level from its own similarity).
-  """
-  sim = lax.stop_gradient(sim_matrix)
-  excluded = jnp.eye(sim.shape[0], dtype=bool)
-  if study_ids is not None:
-    excluded = excluded | _same_study_off_diagonal(jnp.asarray(study_ids))
-  sim = jnp.where(excluded, -jnp.inf, sim)
-  return jnp.argmax(sim, axis=1).astype(jnp.int32), jnp.argmax(sim, axis=0).astype(jnp.int32)
-
-
-def _split_negatives(neg_idx: Negatives) -> tuple[Array, Array]:
-  """neg_idx is one [B] array (shared by both directions) or (neg_txt_for_img, neg_img_for_txt)."""
-  if isinstance(neg_idx, (tuple, list)):
-    if len(neg_idx) != 2:
-      raise ValueError("neg_idx as a pair must be (neg_txt_for_img, neg_img_for_txt)")
-    return jnp.asarray(neg_idx[0]), jnp.asarray(neg_idx[1])
-  neg_idx = jnp.asarray(neg_idx)
-  return neg_idx, neg_idx
-
-
-def sentence_triplet_loss(
-  img_emb: Array, txt_emb: Array, neg_idx: Negatives, margin: float = 0.5
-) -> tuple[Array, Array]:
-  """Sentence triplets (i2t, t2i) with d = 1 - cos.
-
-  i2t = mean_i relu(d(g_i, s_i) - d(g_i, s_n(i)) + margin);
-  t2i = mean_i relu(d(s_i, g_i) - d(s_i, g_n(i)) + margin).
-  `neg_idx`: [B] shared negatives, or the pair (neg_txt_for_img, neg_img_for_txt).
-  """
-  neg_txt, neg_img = _split_negatives(neg_idx)
-  positive = _rowwise_cosine(img_emb, txt_emb)
-  i2t = jnp.mean(jax.nn.relu(_rowwise_cosine(img_emb, txt_emb[neg_txt]) - positive + margin))
-  t2i = jnp.mean(jax.nn.relu(_rowwise_cosine(img_emb[neg_img], txt_emb) - positive + margin))
-  return i2t, t2i
-
-
-def _word_triplets_from_parts(positive, negative_text, negative_image, margin):
-  i2t = jnp.mean(jax.nn.relu(negative_text - positive + margin))
-  t2i = jnp.mean(jax.nn.relu(negative_image - positive + margin))
-  return i2t, t2i
-
-
-def word_triplet_loss(
-  scores: Array, neg_idx: Negatives, margin: float = 0.5
-) -> tuple[Array, Array]:
-  """Word triplets (i2t, t2i) on a square Z matrix (no gamma3).
-
-  i2t = mean_i relu(Z[i, n(i)] - Z[i, i] + margin)  (image i against the negative text);
-  t2i = mean_i relu(Z[n(i), i] - Z[i, i] + margin)  (the negative image against text i).
-  `neg_idx`: [B] shared negatives, or the pair (neg_txt_for_img, neg_img_for_txt).
-  """
-  if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
-    raise ValueError(f"scores must be square [B, B], got {scores.shape}")
-  neg_txt, neg_img = _split_negatives(neg_idx)
-  rows = jnp.arange(scores.shape[0])
-  positive = jnp.diagonal(scores)
-  return _word_triplets_from_parts(positive, scores[rows, neg_txt], scores[neg_img, rows], margin)
-
-
-# ----------------------------------------------------------------------------------------------
-# Masked language modelling
-# ----------------------------------------------------------------------------------------------
-
-
-def mlm_loss(logits: Array, targets: Array, weights: Array) -> tuple[Array, Array]:
-  """(loss, accuracy) of masked-token prediction on the weighted positions.
-
-  logits [B, L, V], targets int [B, L], weights float [B, L] (1.0 at selected positions). loss is
-  the weighted mean CE (float32 log-softmax); accuracy the weighted fraction of argmax hits. Both
-  are 0 when no position is selected.
-  """
-  log_probs = jax.nn.log_softmax(logits.astype(_stats_dtype(logits.dtype)), axis=-1)
-  nll = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  weights = weights.astype(nll.dtype)
-  selected = weights != 0
-  total_weight = jnp.sum(weights)
-  denominator = jnp.where(total_weight > 0, total_weight, 1.0)
-  loss = jnp.sum(jnp.where(selected, nll * weights, 0.0)) / denominator
-  hits = (jnp.argmax(logits, axis=-1) == targets).astype(nll.dtype)
-  accuracy = jnp.sum(jnp.where(selected, hits * weights, 0.0)) / denominator
-  return loss, accuracy
-
-
-# ----------------------------------------------------------------------------------------------
-# The full image-text matching objective
-# ----------------------------------------------------------------------------------------------
-
-
-def resolve_weights(weights: Mapping[str, float] | None = None) -> dict:
-  """All eight term weights as floats: given values over DEFAULT_WEIGHTS; unknown names raise."""
-  weights = dict(weights or {})
-  unknown = set(weights) - set(TERM_NAMES)
-  if unknown:
-    raise ValueError(f"unknown ITM terms {sorted(unknown)}; known: {TERM_NAMES}")
-  return {name: float(weights.get(name, DEFAULT_WEIGHTS[name])) for name in TERM_NAMES}
-
-
-def _require(name: str, value, terms):
-  """`value`, or a ValueError naming the active terms that need it when it is None."""
-  if value is None:
-    raise ValueError(f"{name} is needed by the active terms {sorted(terms)}")
-  return value
-
-
-def itm_loss(
-  img_emb: Array | None,
-  txt_emb: Array | None,
-  regions: Array | None,
-  words: Array | None,
-  word_mask: Array | None,
-  neg_idx: Negatives | Literal["hardest"] | None,
-  *,
-  weights: Mapping[str, float] | None = DEFAULT_WEIGHTS,
-  gamma1: float = 4.0,
-  gamma2: float = 5.0,
-  gamma3: float = 10.0,
-  sentence_margin: float = 0.5,
-  word_margin: float = 0.5,
-  study_ids: Array | None = None,
-  text_block: int | None = None,
-) -> tuple[Array, dict]:
-  """L_ITM = sum of weight * term over the eight terms of TERM_NAMES; returns (total, terms).
-
-  img_emb, txt_emb [B, D]; regions [B, R, D] (grid flattened row-major); words [B, T, D];
-  word_mask [B, T]. `weights` (Python floats) override DEFAULT_WEIGHTS by name; a term with
-  weight 0 is off: it is neither computed nor listed in `terms` (unweighted values). Z is only
-  built when a word CE term is on (or word triplets mine hardest negatives); word triplets alone
-  score just the 3B pairs they use. Inputs only used by inactive terms may be None.
-  `neg_idx`: [B] shared negatives (`sample_negatives`), a pair (neg_txt_for_img,
-  neg_img_for_txt), or "hardest" to mine VSE++ negatives at each level (same-study excluded).
-  """
-  weights = resolve_weights(weights)
-  active = {name for name, weight in weights.items() if weight != 0.0}
-  terms = {}
-  need = lambda *names: any(name in active for name in names)
-
-  sentence_ce = ("sentence_ce_i2t", "sentence_ce_t2i")
-  sentence_triplet = ("sentence_triplet_i2t", "sentence_triplet_t2i")
-  word_ce = ("word_ce_i2t", "word_ce_t2i")
-  word_triplet = ("word_triplet_i2t", "word_triplet_t2i")
-  mine_hardest = isinstance(neg_idx, str)
-  if mine_hardest and neg_idx != "hardest":
-    raise ValueError(f"neg_idx must be indices, a pair of indices or 'hardest', got {neg_idx!r}")
-  if need(*sentence_triplet, *word_triplet) and neg_idx is None:
-    raise ValueError(f"triplet terms {sorted(active)} need neg_idx")
-
-  if need(*sentence_ce, *sentence_triplet):
-    img_emb = _require("img_emb", img_emb, active)
-    txt_emb = _require("txt_emb", txt_emb, active)
-    cos = cosine_matrix(img_emb, txt_emb)
-    if need(*sentence_ce):
-      terms.update(zip(sentence_ce, ce_from_scores(gamma3 * cos, study_ids), strict=True))
-    if need(*sentence_triplet):
-      negatives = hardest_negatives(cos, study_ids) if mine_hardest else neg_idx
-      triplets = sentence_triplet_loss(img_emb, txt_emb, negatives, sentence_margin)
-      terms.update(zip(sentence_triplet, triplets, strict=True))
-
-  if need(*word_ce, *word_triplet):
-    regions = _require("regions", regions, active)
-    words = _require("words", words, active)
-    word_mask = _require("word_mask", word_mask, active)
-    if need(*word_ce) or mine_hardest:
-      scores = region_word_scores(regions, words, word_mask, gamma1, gamma2, text_block)
-      if need(*word_ce):
-        terms.update(zip(word_ce, ce_from_scores(gamma3 * scores, study_ids), strict=True))
-      if need(*word_triplet):
-        negatives = hardest_negatives(scores, study_ids) if mine_hardest else neg_idx
-        terms.update(
-          zip(word_triplet, word_triplet_loss(scores, negatives, word_margin), strict=True)
-        )
-    else:  # only the diagonal and the negatives' scores are needed
-      neg_txt, neg_img = _split_negatives(neg_idx)
-      pair = lambda r, w, m: pair_region_word_scores(r, w, m, gamma1, gamma2)
-      parts = (
-        pair(regions, words, word_mask),
-        pair(regions, words[neg_txt], word_mask[neg_txt]),
-        pair(regions[neg_img], words, word_mask),
-      )
-      terms.update(zip(word_triplet, _word_triplets_from_parts(*parts, word_margin), strict=True))
-
-  terms = {name: terms[name] for name in TERM_NAMES if name in active}
-  total = sum((weights[name] * value for name, value in terms.items()), jnp.zeros((), jnp.float32))
-  return total, terms
