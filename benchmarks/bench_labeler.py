@@ -44,7 +44,7 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 from data_pipeline.labels import LabelResult, ReportLabeler  # noqa: E402
-from data_pipeline.names import CHEXPERT_OBSERVATIONS  # noqa: E402
+from data_pipeline.names import CHEXPERT_OBSERVATIONS, LUNG_OBSERVATIONS  # noqa: E402
 
 DEFAULT_REPORTS = REPO.parent / "shared" / "data" / "iu_xray" / "reports_openi.csv"
 
@@ -101,18 +101,6 @@ SCORED = tuple(
 )
 
 
-# Lung observations whose places are scored.
-PLACED = (
-  "Lung Lesion",
-  "Lung Opacity",
-  "Edema",
-  "Consolidation",
-  "Pneumonia",
-  "Atelectasis",
-  "Pneumothorax",
-  "Pleural Effusion",
-  "Pleural Other",
-)
 _MESH_SIDES = {"left": {"left"}, "right": {"right"}, "bilateral": {"left", "right"}}
 _MESH_ZONES = {
   "base": "lower",
@@ -179,7 +167,7 @@ def place_agreement(results: Sequence[LabelResult], refs: Sequence[Reference]) -
     "|---|---:|---:|---:|---:|",
   ]
   tot = np.zeros(4, dtype=int)
-  for obs in PLACED:
+  for obs in LUNG_OBSERVATIONS:  # the observations whose places are scored
     side_n = side_ok = zone_n = zone_ok = 0
     for res, ref in zip(results, refs, strict=True):
       if obs not in ref:

@@ -25,6 +25,19 @@ CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
   "Support Devices",
 )
 
+# The observations that sit in a lung or its pleura: the ones a report places by lobe, zone or side.
+LUNG_OBSERVATIONS: tuple[str, ...] = (
+  "Lung Lesion",
+  "Lung Opacity",
+  "Edema",
+  "Consolidation",
+  "Pneumonia",
+  "Atelectasis",
+  "Pneumothorax",
+  "Pleural Effusion",
+  "Pleural Other",
+)
+
 # Observation name -> its column in `CHEXPERT_OBSERVATIONS`.
 CHEXPERT_INDEX: dict[str, int] = {name: i for i, name in enumerate(CHEXPERT_OBSERVATIONS)}
 

@@ -21,21 +21,8 @@ from tests._input_data import (
   make_arrays,
   source_texts,
   take,
-  toy_source,
-  toy_tokenizer,
   train,
 )
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> tok.Tokenizer:
-  return toy_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def source() -> inp.ArraySource:
-  return toy_source()
-
 
 # --- batch contract -------------------------------------------------------------------------------
 

@@ -15,20 +15,8 @@ from tests._input_data import (
   IMAGE_SIZE,
   make_arrays,
   make_texts,
-  toy_source,
-  toy_tokenizer,
   train,
 )
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> tok.Tokenizer:
-  return toy_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def source() -> inp.ArraySource:
-  return toy_source()
 
 
 def test_study_index_is_a_stable_hash_shared_by_one_study(tokenizer):

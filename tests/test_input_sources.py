@@ -14,27 +14,14 @@ import pytest
 import tensorflow as tf
 
 from data_pipeline import input as inp
-from data_pipeline import tokenizer as tok
 from tests._input_data import (
   IMAGE_SIZE,
   REPO,
   assert_batches_equal,
   make_arrays,
   take,
-  toy_source,
-  toy_tokenizer,
   train,
 )
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> tok.Tokenizer:
-  return toy_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def source() -> inp.ArraySource:
-  return toy_source()
 
 
 def test_sources_of_the_same_data_agree(tokenizer):

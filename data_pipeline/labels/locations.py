@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from data_pipeline.labels.results import NO_FINDING, SUPPORT_DEVICES
-from data_pipeline.names import REGION_INDEX
+from data_pipeline.names import LUNG_OBSERVATIONS, REGION_INDEX
 
 if TYPE_CHECKING:
   from data_pipeline.labels.context import RawMention, ReportContext
@@ -131,19 +131,7 @@ _ZONE_SUFFIX = {
   "clavicle": "clavicle",
   "rib": "lung",
 }
-_LUNG_OBSERVATIONS = frozenset(
-  {
-    "Lung Lesion",
-    "Lung Opacity",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-  }
-)
+_LUNG_OBSERVATIONS = frozenset(LUNG_OBSERVATIONS)
 # Device words -> where the device is when the report names no place for it.
 _DEVICE_DEFAULTS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
   (re.compile(r"\b(?:endo)?trache\w*|\bet\s*tube\b|\bett\b"), ("trachea",)),
