@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from data_pipeline.builders.accounting import UNASSIGNED, SkipLedger
+from data_pipeline.builders.cli_configs import skipped_by_cli_default
 from data_pipeline.builders.image_io import RESIZE_SIDES, LoadedImage, load_grayscale_image
 from data_pipeline.builders.validation import resolve_strict
 
@@ -70,6 +71,16 @@ class ValidatingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   @property
   def strict(self) -> bool:
     return self._strict
+
+  def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
+    """TFDS's build, except that `tfds build` without a named config builds only the default
+    config (`data_pipeline.builders.cli_configs`): the others print one line and are left out."""
+    line = skipped_by_cli_default(self)
+    if line is not None:
+      print(line, flush=True)
+      logging.warning(line)
+      return
+    super().download_and_prepare(*args, **kwargs)
 
   def _new_ledger(self) -> SkipLedger:
     self.ledger = SkipLedger(self.name, strict=self._strict)
