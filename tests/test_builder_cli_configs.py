@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 
 from data_pipeline.builders import cli_configs
 from tests._builder_helpers import COVID_DIR, IU_DIR, REPO, write_png
+from tests._mimic_tree import write_mimic_tree
 
 TFDS = Path(sys.executable).parent / "tfds"  # the README's `.venv/bin/tfds`
 BUILDERS = ("covid_cxr", "iu_xray", "mimic_cxr", "synthetic_cxr")
@@ -101,6 +102,9 @@ def _cli_case(name: str, tmp_path: Path) -> list[str]:
     return ["--manual_dir", str(_iu_manual_dir(tmp_path))]
   if name == "covid_cxr":
     return ["--manual_dir", str(COVID_DIR), "--max_examples_per_split", "3"]
+  if name == "mimic_cxr":  # a generated MIMIC-CXR-JPG tree (30 subjects: every split planned)
+    write_mimic_tree(tmp_path / "mimic", subjects=30)
+    return ["--manual_dir", str(tmp_path / "mimic")]
   if name == "synthetic_cxr":
     return ["--max_examples_per_split", "3"]
   raise AssertionError(f"no CLI case for the multi-config builder {name}: add one here")

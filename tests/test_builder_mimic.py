@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import zipfile
 from pathlib import Path
@@ -10,15 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_pipeline.builders.image_io import target_size
 from data_pipeline.builders.mimic_cxr import Builder as MimicBuilder
 from data_pipeline.builders.mimic_cxr import (
   MimicCxrConfig,
   extract_sections,
   findings_and_impression,
 )
+from data_pipeline.builders.mimic_cxr.studies import Study
 from data_pipeline.builders.validation import MISSING_REPORT, NON_UTF8_REPORT
 from data_pipeline.names import CHEXPERT_OBSERVATIONS
 from tests._builder_helpers import gz_csv, prepare, read_split, record_accounting
+from tests._mimic_tree import write_mimic_tree
 
 _REPORT_FULL = """                                 FINAL REPORT
  EXAMINATION:  CHEST (PA AND LAT)
@@ -171,3 +175,36 @@ def test_mimic_reports_read_from_zip(mimic_dir, tmp_path):
   assert counts == {"train": 2, "validation": 2, "test": 1}
   train = {ex["dicom_id"]: ex for ex in read_split(builder, "train")}
   assert train[b"d1"]["impression"] == b"No acute cardiopulmonary process."
+
+
+def test_mimic_generated_tree_single_process(tmp_path):
+  """The single-process build of a generated MIMIC-CXR-JPG tree: counts and every example."""
+  tree = write_mimic_tree(tmp_path / "manual", subjects=40, seed=3)
+  config = MimicCxrConfig(name="tree_64", max_side=64)
+  builder = prepare(MimicBuilder(data_dir=tmp_path / "out", config=config), tmp_path / "manual")
+  assert {name: s.num_examples for name, s in builder.info.splits.items()} == tree.counts()
+  assert record_accounting(builder) == tree.accounting
+  for split, kept in tree.kept.items():
+    examples = read_split(builder, split)
+    assert {ex["dicom_id"].decode() for ex in examples} == kept
+    for ex in examples:
+      study = ex["study_id"].decode()[1:]
+      assert ex["text"].decode() == tree.texts[study]
+      np.testing.assert_array_equal(ex["labels"], tree.labels[study])
+      width, height = target_size(tree.sizes[ex["dicom_id"].decode()], 64)
+      assert ex["image"].shape == (height, width, 1) and ex["image"].dtype == np.uint8
+
+
+def test_study_plan_json_round_trip():
+  """The Beam build's plan lines give back the planned study (NaN labels included)."""
+  labels = (1.0, float("nan"), -1.0, 0.0) + (float("nan"),) * 10
+  study = Study("validation", "10000032", "50414267", labels, (("d1", "PA"), ("d2", "AP")))
+  back = Study.from_json(study.to_json())
+  assert (back.split, back.subject_id, back.study_id, back.images) == (
+    study.split,
+    study.subject_id,
+    study.study_id,
+    study.images,
+  )
+  np.testing.assert_array_equal(np.array(back.labels), np.array(labels))
+  assert Study.from_json(dataclasses.replace(study, labels=None).to_json()).labels is None

@@ -12,9 +12,9 @@ four levels below `manual_dir`, e.g. `physionet.org/files/mimic-cxr-jpg/2.0.0/`)
     mimic-cxr-2.0.0-chexpert.csv[.gz]   subject_id, study_id, <14 observations>
     files/pXX/pSUBJECT/sSTUDY/DICOM.jpg
     reports, one of:
-      mimic-cxr-reports/files/pXX/pSUBJECT/sSTUDY.txt    (MIMIC-CXR's mimic-cxr-reports.zip,
-      extracted) files/pXX/pSUBJECT/sSTUDY.txt                      (reports next to the image
-      folders) mimic-cxr-reports.zip                              (read in place)
+      mimic-cxr-reports/files/pXX/pSUBJECT/sSTUDY.txt   (mimic-cxr-reports.zip, extracted)
+      files/pXX/pSUBJECT/sSTUDY.txt                     (next to the image folders)
+      mimic-cxr-reports.zip                             (read in place)
 
 One example per frontal image (`ViewPosition` `PA` or `AP`; other views are excluded as
 `not frontal view`), in the official split (`validate` is named `validation`; images absent
@@ -33,24 +33,50 @@ When a report has neither section, the whole report (whitespace collapsed) is us
 the notes as `no FINDINGS/IMPRESSION (whole report used)`. A missing report file is skipped as
 `missing report`; empty or non-UTF-8 reports as `empty report` / `non-UTF-8 report`.
 
-Scale: the CSVs are streamed once into compact per-split lists (about 240k frontal images for
-2.0.0); images and reports are read lazily while examples are written, and each report is read
-once per study. For a distributed build, the per-image work (`Builder._example_for`) is a
-function of one planned record and can be mapped over the plan with a Beam `FlatMap`
-(`tfds build ... --beam_pipeline_options`), with the skip counts moved to Beam metrics; the
-builder as written generates in one process so the skip accounting stays exact.
+Stored size: one config per training resolution, so that training decodes no more pixels than
+it uses: `frontal` (the default; longer side <= 2048 px, the input size of
+`configs/joimternet_paper.py`), `frontal_1024`, `frontal_512` (runs at those input sizes) and
+`frontal_native` (the files' own size, ~2500 x 3000 px: the original release's 2048 px crop at
+native scale). PNG by default; `--config '{"name": "frontal_512_jpeg", "max_side": 512,
+"image_encoding": "jpeg"}'` stores JPEG (smaller, faster to decode, lossy).
+
+Single process or Apache Beam. Planning (the three CSVs streamed once into per-split lists of
+studies) always runs in the launching process and counts the exclusions there. With Beam options
+(`tfds build ... --beam_pipeline_options=...`, or `tfds.download.DownloadConfig(beam_options=...)`)
+and `apache_beam` installed, the plan is written as JSON lines under the dataset's (incomplete)
+data directory and each split is a Beam pipeline `ReadFromText | Reshuffle | FlatMap`; the
+per-study work (`studies.StudyReader.examples`, the same function as the single-process build,
+so both builds yield the same keys and features) runs on the workers, which count skips and notes
+as Beam metrics that are added to the ledger once the pipeline is done. Without Beam options, or
+without apache_beam, the build runs in one process.
+
+On this machine (DirectRunner, two worker processes)::
+
+    tfds build data_pipeline/builders/mimic_cxr --manual_dir MIMIC --data_dir DATA \
+      --beam_pipeline_options="runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing"
+
+On Google Cloud Dataflow at full size (the workers install the project from a wheel; the data,
+the plan and the output are on GCS; `--manual_dir` is the folder holding the CSVs)::
+
+    pip install 'apache-beam[gcp]'   # the Dataflow runner's client, on the launching machine
+    pip wheel --no-deps -w dist .
+    OPTS=runner=DataflowRunner,project=PROJECT,region=REGION,job_name=mimic-cxr-frontal
+    OPTS=$OPTS,temp_location=gs://BUCKET/beam/tmp,staging_location=gs://BUCKET/beam/staging
+    OPTS=$OPTS,extra_package=dist/jimte-0.1.0-py3-none-any.whl
+    OPTS=$OPTS,machine_type=n2-standard-4,max_num_workers=32
+    tfds build data_pipeline/builders/mimic_cxr --config frontal \
+      --manual_dir gs://BUCKET/mimic-cxr-jpg/2.0.0 --data_dir gs://BUCKET/tfds \
+      --beam_pipeline_options="$OPTS"
 """
 
 from __future__ import annotations
 
-import collections
 import csv
 import dataclasses
 import gzip
 import io
 import re
 import sys
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -60,30 +86,31 @@ from etils import epath
 
 try:
   from data_pipeline import names
-  from data_pipeline.builders import base, image_io, report_text, sources, validation
+  from data_pipeline.builders import base, image_io, sources, validation
+  from data_pipeline.builders.mimic_cxr import studies
 except ModuleNotFoundError:  # `tfds build <path>` run without `pip install -e .`
   sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
   from data_pipeline import names
-  from data_pipeline.builders import base, image_io, report_text, sources, validation
+  from data_pipeline.builders import base, image_io, sources, validation
+  from data_pipeline.builders.mimic_cxr import studies
+
+extract_sections = studies.extract_sections
+findings_and_impression = studies.findings_and_impression
 
 NOT_FRONTAL = "not frontal view"
 NOT_IN_SPLIT = "not in official split"
-NO_LABELS = "no CheXpert labels"
-WHOLE_REPORT = "no FINDINGS/IMPRESSION (whole report used)"
+NO_LABELS = studies.NO_LABELS
+WHOLE_REPORT = studies.WHOLE_REPORT
 
 CSV_PREFIX = "mimic-cxr-2.0.0-"
+PLAN_DIR = "_beam_plan"
 _SPLIT_NAMES = {
   "train": "train",
   "validate": "validation",
   "validation": "validation",
   "test": "test",
 }
-_FINDINGS_HEADERS = frozenset(
-  {"FINDINGS", "FINDING", "FINDINGS AND IMPRESSION", "FINDINGS/IMPRESSION"}
-)
-_IMPRESSION_HEADERS = frozenset({"IMPRESSION", "IMPRESSIONS", "CONCLUSION", "CONCLUSIONS"})
 _SHARD_DIR = re.compile(r"^[ps]\d+$")
-_HEADER = re.compile(r"(?m)^[ \t]*([A-Z][A-Z0-9 ,&/()'-]*?)[ \t]*:")
 
 _DESCRIPTION = """\
 MIMIC-CXR-JPG: frontal chest radiographs with their free-text reports (findings + impression),
@@ -102,33 +129,6 @@ _CITATION = """\
 """
 
 
-def extract_sections(report: str) -> dict[str, str]:
-  """Splits a free-text report into `{HEADER: text}` (whitespace collapsed).
-
-  Text before the first header is stored under `""`; repeated headers are concatenated.
-  """
-  sections: dict[str, list[str]] = collections.defaultdict(list)
-  matches = list(_HEADER.finditer(report))
-  starts = [(m.start(), m.end(), m.group(1).strip()) for m in matches]
-  preamble_end = starts[0][0] if starts else len(report)
-  sections[""].append(report[:preamble_end])
-  for i, (_, body_start, name) in enumerate(starts):
-    body_end = starts[i + 1][0] if i + 1 < len(starts) else len(report)
-    sections[name].append(report[body_start:body_end])
-  cleaned = {name: report_text.clean_text(" ".join(parts)) for name, parts in sections.items()}
-  if not cleaned[""]:
-    del cleaned[""]
-  return cleaned
-
-
-def findings_and_impression(report: str) -> tuple[str, str, bool]:
-  """(findings, impression, found): `found` is False when neither section exists."""
-  sections = extract_sections(report)
-  findings = " ".join(v for k, v in sections.items() if k in _FINDINGS_HEADERS and v)
-  impression = " ".join(v for k, v in sections.items() if k in _IMPRESSION_HEADERS and v)
-  return findings, impression, bool(findings or impression)
-
-
 @dataclasses.dataclass(eq=False)
 class MimicCxrConfig(base.ImageBuilderConfig):
   """Config of `Builder`.
@@ -144,12 +144,11 @@ class MimicCxrConfig(base.ImageBuilderConfig):
     self.views = tuple(str(v).strip().upper() for v in self.views)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Image:
-  dicom_id: str
-  subject_id: str
-  study_id: str
-  view: str
+def beam_requested(download_config: tfds.download.DownloadConfig | None) -> bool:
+  """Whether a build asked for Apache Beam (a runner or pipeline options were given)."""
+  if download_config is None:
+    return False
+  return download_config.beam_runner is not None or download_config.beam_options is not None
 
 
 class Builder(base.ValidatingBuilder):
@@ -160,7 +159,22 @@ class Builder(base.ValidatingBuilder):
   BUILDER_CONFIGS = [
     MimicCxrConfig(
       name="frontal",
-      description="PA/AP images, official split, longer side <= 2048 px.",
+      description="PA/AP images, official split, longer side <= 2048 px (the paper's input).",
+    ),
+    MimicCxrConfig(
+      name="frontal_1024",
+      description="PA/AP images, official split, longer side <= 1024 px.",
+      max_side=1024,
+    ),
+    MimicCxrConfig(
+      name="frontal_512",
+      description="PA/AP images, official split, longer side <= 512 px.",
+      max_side=512,
+    ),
+    MimicCxrConfig(
+      name="frontal_native",
+      description="PA/AP images, official split, stored at the files' own size.",
+      max_side=None,
     ),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "frontal"
@@ -236,6 +250,12 @@ class Builder(base.ValidatingBuilder):
       yield from csv.DictReader(io.TextIOWrapper(stream, encoding="utf-8", newline=""))
 
   # ------------------------------------------------------------------ planning
+  def _download_and_prepare(self, dl_manager, download_config=None, **kwargs):
+    """Notes whether this build runs on Beam (see the module docstring), then builds."""
+    self._use_beam = beam_requested(download_config)
+    self._beam_splits: list[str] = []
+    super()._download_and_prepare(dl_manager, download_config, **kwargs)
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     self._new_ledger()
     root = self._find_root(epath.Path(dl_manager.manual_dir))
@@ -244,23 +264,36 @@ class Builder(base.ValidatingBuilder):
       split = _SPLIT_NAMES.get((row.get("split") or "").strip().lower())
       if split is not None:
         official[row["dicom_id"].strip()] = split
-    labels: dict[str, np.ndarray] = {}
+    labels: dict[str, tuple[float, ...]] = {}
     for row in self._csv(root, "chexpert"):
-      labels[row["study_id"].strip()] = sources.chexpert_vector(row)
-    plan = self._plan(root, official)
+      labels[row["study_id"].strip()] = tuple(float(v) for v in sources.chexpert_vector(row))
+    plan = self._plan(root, official, labels)
     self._report_unassigned()
-    reports = _ReportStore(root)
-    return {
-      name: self._generate_examples(
-        split=name, root=root, images=images, labels=labels, reports=reports
-      )
-      for name, images in self._non_empty_splits(plan).items()
-    }
+    config = self.builder_config
+    reader = studies.StudyReader(
+      root=str(root),
+      min_side=config.min_side,
+      max_side=config.max_side,
+      resize_side=config.resize_side,
+      dataset=self.name,
+      strict=self.strict,
+    )
+    splits = self._non_empty_splits(plan)
+    if getattr(self, "_use_beam", False):
+      self._beam_splits = list(splits)
+      return {name: self._beam_examples(name, plan, reader) for name, plan in splits.items()}
+    return {name: self._generate_examples(name, plan, reader) for name, plan in splits.items()}
 
-  def _plan(self, root: epath.Path, official: dict[str, str]) -> dict[str, list[_Image]]:
+  def _plan(
+    self,
+    root: epath.Path,
+    official: dict[str, str],
+    labels: dict[str, tuple[float, ...]],
+  ) -> dict[str, list[studies.Study]]:
+    """Per split, the studies with their frontal images, in metadata order."""
     views = set(self.builder_config.views)
     ledger = self.ledger
-    plan: dict[str, list[_Image]] = {"train": [], "validation": [], "test": []}
+    grouped: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
     seen: set[str] = set()
     for row in self._csv(root, "metadata"):
       dicom = (row.get("dicom_id") or "").strip()
@@ -282,134 +315,63 @@ class Builder(base.ValidatingBuilder):
         )
         continue
       seen.add(dicom)
-      subject = row["subject_id"].strip()
-      study = row["study_id"].strip()
-      plan[split].append(_Image(dicom, subject, study, view))
+      key = (split, row["subject_id"].strip(), row["study_id"].strip())
+      grouped.setdefault(key, []).append((dicom, view))
+    plan: dict[str, list[studies.Study]] = {"train": [], "validation": [], "test": []}
+    for (split, subject, study), images in grouped.items():
+      plan[split].append(studies.Study(split, subject, study, labels.get(study), tuple(images)))
     return plan
 
   # ------------------------------------------------------------------ generation
   def _generate_examples(
-    self,
-    split: str,
-    root: epath.Path,
-    images: list[_Image],
-    labels: dict[str, np.ndarray],
-    reports: _ReportStore,
+    self, split: str, plan: list[studies.Study], reader: studies.StudyReader
   ) -> Iterator[tuple[str, dict]]:
+    """Single-process generation of one split."""
     try:
-      for image in images:
-        example = self._example_for(split, root, image, labels, reports)
-        if example is not None:
-          yield image.dicom_id, example
+      for study in plan:
+        yield from reader.examples(study, self.ledger)
     finally:
       self._finish_split(split)
     self._check_split_nonempty(split)
 
-  def _example_for(
-    self,
-    split: str,
-    root: epath.Path,
-    image: _Image,
-    labels: dict[str, np.ndarray],
-    reports: _ReportStore,
-  ) -> dict | None:
-    """The example of one planned image, or None (counted) when it is unusable."""
+  def _beam_examples(self, split: str, plan: list[studies.Study], reader: studies.StudyReader):
+    """The Beam transform of one split: the plan as JSON lines, spread over the workers."""
+    beam = tfds.core.lazy_imports.apache_beam
+    path = epath.Path(self.data_dir) / PLAN_DIR / f"{split}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(study.to_json() + "\n" for study in plan))
+    return (
+      beam.io.ReadFromText(str(path))
+      | f"Spread_{split}" >> beam.Reshuffle()
+      | f"Examples_{split}" >> beam.FlatMap(reader.beam_examples)
+    )
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    """Adds the workers' counts (Beam metrics) to the ledger, reports, removes the plan."""
+    beam = tfds.core.lazy_imports.apache_beam
+    query = pipeline_result.metrics().query(
+      beam.metrics.MetricsFilter().with_namespace(studies.METRICS_NAMESPACE)
+    )
     ledger = self.ledger
+    saved = ledger.strict, ledger.log_examples
+    ledger.strict, ledger.log_examples = False, 0  # workers already logged (and were strict).
     try:
-      findings, impression, text, found = reports.get(image.subject_id, image.study_id)
-    except validation.RecordRejected as e:  # e.detail is the report's location.
-      ledger.reject(split, e.reason, image.dicom_id, source=e.detail)
-      return None
-    path = (
-      root
-      / "files"
-      / f"p{image.subject_id[:2]}"
-      / f"p{image.subject_id}"
-      / f"s{image.study_id}"
-      / f"{image.dicom_id}.jpg"
-    )
-    try:
-      loaded = self._load_image(path)
-    except validation.RecordRejected as e:
-      ledger.reject(split, e.reason, image.dicom_id, source=path, detail=e.detail)
-      return None
-    if loaded.converted:
-      ledger.note(split, f"image converted from mode {loaded.original_mode}")
-    if not found:
-      ledger.note(split, WHOLE_REPORT)
-    study_labels = labels.get(image.study_id)
-    if study_labels is None:
-      ledger.note(split, NO_LABELS)
-      study_labels = sources.chexpert_vector(None)
-    ledger.accept(split)
-    return {
-      "image": loaded.array,
-      "text": text,
-      "findings": findings,
-      "impression": impression,
-      "study_id": f"s{image.study_id}",
-      "patient_id": f"p{image.subject_id}",
-      "dicom_id": image.dicom_id,
-      "view_position": image.view,
-      "labels": study_labels,
-    }
-
-
-class _ReportStore:
-  """Reads (and caches the last) study report from folders or mimic-cxr-reports.zip."""
-
-  def __init__(self, root: epath.Path):
-    self._dirs = [d for d in (root / "mimic-cxr-reports" / "files", root / "files") if d.is_dir()]
-    zip_path = root / "mimic-cxr-reports.zip"
-    self._zip = zipfile.ZipFile(zip_path.open("rb")) if zip_path.exists() else None
-    self._zip_names: dict[str, str] = {}
-    if self._zip is not None:
-      for name in self._zip.namelist():
-        if name.endswith(".txt"):
-          self._zip_names[name.rsplit("/", 1)[-1]] = name
-    self._last_key: tuple[str, str] | None = None
-    self._last_value: tuple | validation.RecordRejected | None = None
-
-  def get(self, subject: str, study: str) -> tuple[str, str, str, bool]:
-    """(findings, impression, text, sections_found); raises RecordRejected.
-
-    A rejection's `detail` holds the report path (used as the 'file' in messages).
-    """
-    key = (subject, study)
-    if key != self._last_key:
-      self._last_key = key
-      try:
-        self._last_value = self._read(subject, study)
-      except validation.RecordRejected as e:
-        self._last_value = e
-    if isinstance(self._last_value, validation.RecordRejected):
-      raise self._last_value
-    return self._last_value
-
-  def _read(self, subject: str, study: str) -> tuple[str, str, str, bool]:
-    relative = f"p{subject[:2]}/p{subject}/s{study}.txt"
-    raw, where = None, relative
-    for folder in self._dirs:
-      candidate = folder / relative
-      if candidate.exists():
-        raw, where = candidate.read_bytes(), str(candidate)
-        break
-    if raw is None and self._zip is not None:
-      member = self._zip_names.get(f"s{study}.txt")
-      if member is not None and f"p{subject}/" in member:
-        raw, where = self._zip.read(member), f"mimic-cxr-reports.zip:{member}"
-    if raw is None:
-      raise validation.RecordRejected(validation.MISSING_REPORT, where)
-    try:
-      report = report_text.decode_report(raw)
-    except validation.RecordRejected:
-      raise validation.RecordRejected(validation.NON_UTF8_REPORT, where) from None
-    findings, impression, found = findings_and_impression(report)
-    text = (
-      report_text.clean_text(f"{findings} {impression}")
-      if found
-      else report_text.clean_text(report)
-    )
-    if not text:
-      raise validation.RecordRejected(validation.EMPTY_REPORT, where)
-    return findings, impression, text, found
+      for result in query["counters"]:
+        split, kind, reason = studies.parse_metric_name(result.key.metric.name)
+        count = result.committed if result.committed is not None else result.attempted
+        for _ in range(int(count)):
+          if kind == "kept":
+            ledger.accept(split)
+          elif kind == "skipped":
+            ledger.reject(split, reason, "")
+          else:
+            ledger.note(split, reason)
+    finally:
+      ledger.strict, ledger.log_examples = saved
+    plan_dir = epath.Path(self.data_dir) / PLAN_DIR
+    if plan_dir.exists():
+      plan_dir.rmtree()
+    for split in self._beam_splits:
+      self._finish_split(split)
+    for split in self._beam_splits:
+      self._check_split_nonempty(split)
