@@ -44,7 +44,14 @@ def loss_config() -> ml_collections.ConfigDict:
       mask_same_study=True,  # pairs from one study are not negatives of each other
       text_block=0,  # texts per block of the region-word score; 0 = automatic
       local_pairs="global",  # global | device: region-word pairs over the global batch | per device
-      # Paper's mixture: with probability itm_probability an image-text step, else an MLM step.
+      # Word triplet (i2t): score the negative text with its own word count ("own", losses.md) or
+      # with the anchor's ("anchor": the original release's code; the paper config's).
+      word_triplet_length="own",
+      # The original's mixture: each update is an image-text (ITM) step with probability
+      # itm_probability, else an MLM step on a batch of its own reports stream (drawn per update
+      # from (seed, update)). An epoch is a pass of ITM steps over the pairs (num_epochs,
+      # total_steps and the schedule count ITM steps), so it also holds ~(1 - p) / p MLM steps
+      # per ITM step.
       mixture=True,
       itm_probability=0.3,
       mlm_weight=1.0,
@@ -87,7 +94,7 @@ def add_run_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
   Configs then override what differs (num_epochs, log/checkpoint intervals, ...).
   """
-  c.total_steps = 0  # > 0 overrides num_epochs
+  c.total_steps = 0  # ITM steps of the run; > 0 overrides num_epochs
   c.log_every_steps = 20  # train metrics; NaN/inf checked at this cadence and before each save
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 2

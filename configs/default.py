@@ -72,6 +72,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   common.add_run_defaults(c)
   c.batch_size = 32  # global batch
   c.num_epochs = 8.0
+  # Retrieval (jimte/evaluate/registry.py): the whole pool and 3 blocks of 100 of the 300 pairs.
+  c.evals.retrieval.update(
+    scores=("global", "global_other_pooling", "global_word_mean", "local", "combined"),
+    pool_size=100,
+    num_pools=3,
+    pool_sampling="blocks",
+    pool_seed=0,
+    identical_texts_match=True,
+    one_image_per_study=False,
+  )
 
   if args.runlocal or args.tiny:
     c.data.num_train, c.data.num_eval = 128, 64
@@ -79,6 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 16
     c.log_every_steps = 2
     c.checkpoint_every_steps = 4
+    c.evals.retrieval.pool_size = 32
   if args.tiny:  # seconds per step: what the tests run (trainer, resume, multi-process)
     c.data.num_train, c.data.num_eval = 64, 32
     c.image_size = c.data.phantom_size = 64

@@ -1,6 +1,6 @@
 """The paper's sizes (JoImTeRNet, MLMI 2021): 2048 px X-rays, ResNet widths 16..512, 16x16 regions
 of dimension 512, a 3-layer BERT of width 512 with 160 tokens, batch 128, AdamW 1e-4, the 0.3/0.7
-image-text/MLM mixture, lr x0.1 at epoch 30.
+image-text/MLM mixture, 35 epochs of image-text steps with lr x0.1 from epoch 20 (misc/config.py).
 
   python -m jimte.main --config configs/joimternet_paper.py:tfds_name=iu_xray --workdir gs://...
   (reads <tfds_data_dir>/iu_xray/<tfds_config or the default config>/<latest version>; set them as
@@ -39,26 +39,42 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_eval=512,
       phantom_size=args.image_size,
       seed=0,
-      augment=True,
+      augment="original",  # the release's rotation, crop and jitter (original | mild | none)
     )
   )
   c.image_size = args.image_size
   c.tokenizer = ml_collections.ConfigDict(
-    dict(vocab_size=8000, max_len=160, model_type="unigram", path="")
+    # The release's word vocabulary: 8,410 words and specials plus [MASK] = 8,411 ids; a "word" in
+    # the alignment is a word, punctuation dropped (model_type="unigram" | "bpe": sub-word pieces).
+    dict(vocab_size=8411, max_len=160, model_type="word", path="")
   )
 
+  # The release's towers, parameter for parameter: 8-channel stem, its 16-head soft attention
+  # (model.image.attention="original"), the untied V - 1 MLM head (model.text.mlm_head="untied").
   c.model = paper_model_config()
   c.model.text.max_len = c.tokenizer.get_ref("max_len")
 
   c.loss = common.loss_config()
+  c.loss.word_triplet_length = "anchor"  # the release scores the negative text with the anchor's
   c.optim = common.optim_config()
-  c.optim.schedule = "step"
-  c.optim.decay_epoch = 30.0
+  c.optim.schedule = "step"  # the release's StepLR(lr_drop=20, gamma=0.1), stepped per epoch
+  c.optim.decay_epoch = 20.0
 
   common.add_run_defaults(c)
   c.batch_size = args.batch_size
-  c.num_epochs = 50.0
+  c.num_epochs = 35.0  # epochs of image-text steps; the MLM updates come on top (common.py)
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  # The original's retrieval protocol: one image per study, the whole test pool and 3 consecutive
+  # blocks of 1000 candidates; the sentence vector and the mean of the word vectors.
+  c.evals.retrieval.update(
+    scores=("global", "global_other_pooling", "global_word_mean", "local", "combined"),
+    pool_size=1000,
+    num_pools=3,
+    pool_sampling="blocks",
+    pool_seed=0,
+    identical_texts_match=True,
+    one_image_per_study=True,
+  )
   return c

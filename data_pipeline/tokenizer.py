@@ -1,9 +1,13 @@
 """SentencePiece tokenizer for radiology reports, with the token ids fixed by docs/contracts.md.
 
-Ids: PAD = 0, UNK = 1, BOS = 2 (plays [CLS]), EOS = 3, MASK = 4 ('[MASK]', a user-defined symbol).
+Ids: PAD = 0, UNK = 1, BOS = 2 (plays [CLS]), EOS = 3, MASK = 4 ('[MASK]').
 A sequence of fixed length L is `[BOS] w1 .. wn [EOS] [PAD] ..`; truncation drops words, never the
 `[EOS]`. The same text normaliser runs at training time, in the tf.data graph and in eager numpy
 code, so the three agree id for id.
+
+Model types: sub-word pieces (`unigram`, `bpe`; byte fallback, so decoding is exact) or whole words
+(`word`, as the original JoImTeRNet's word vocabulary: punctuation dropped, one id per word, each
+word outside the vocabulary one UNK). The type is read back from the model itself.
 
 Command line (one report per line in a text file, or columns of a CSV joined by '+')::
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import os
@@ -41,8 +46,11 @@ FIRST_ORDINARY_ID = 5
 
 MODEL_FILENAME = "spm.model"
 CONFIG_FILENAME = "tokenizer.json"
+MODEL_TYPES = ("unigram", "bpe", "word")
 # Bump when normalize_text changes: a saved tokenizer records which normaliser it was trained with.
 NORMALIZER_NAME = "nfkc_lower_keep_xxxx_v1"
+# The word model's: the same, then every character that is not a letter, digit or mark -> a space.
+WORD_NORMALIZER_NAME = "nfkc_lower_keep_xxxx_words_v1"
 
 # IU / Open-i reports mark de-identified words with 'XXXX'. They are kept upper-case, so they stay
 # distinct from real words and the redaction stays visible to the model.
@@ -54,25 +62,96 @@ _REDACTION_PLACEHOLDER = "\ue000"
 # both.
 _WHITESPACE_PATTERN = "[ \\t\\n\\r\\f\\v]+"
 _WHITESPACE_RE = re.compile(_WHITESPACE_PATTERN)
+# Word models keep runs of letters, digits and marks (Unicode L, N, M); RE2 spells the class
+# directly, Python's re builds it from unicodedata (`_non_word_re`).
+_NON_WORD_PATTERN_RE2 = "[^\\pL\\pN\\pM]+"
 
 
-def normalize_text(text: str) -> str:
+@functools.cache
+def _non_word_re() -> re.Pattern:
+  """Python's re lacks \\p{..}: the class of all code points outside Unicode L, N and M."""
+  ranges, start = [], None
+  for code in range(sys.maxunicode + 2):
+    outside = code <= sys.maxunicode and unicodedata.category(chr(code))[0] not in "LNM"
+    if outside and start is None:
+      start = code
+    elif not outside and start is not None:
+      ranges.append(f"{re.escape(chr(start))}-{re.escape(chr(code - 1))}")
+      start = None
+  return re.compile(f"[{''.join(ranges)}]+")
+
+
+def normalize_text(text: str, drop_punctuation: bool = False) -> str:
   """Normalises one report: NFKC, lower-case except 'XXXX' redactions, whitespace runs -> one
-  space."""
+  space; with `drop_punctuation` (word models) every non-letter/digit/mark character -> a space."""
   text = unicodedata.normalize("NFKC", text)
   text = text.replace(_REDACTION, _REDACTION_PLACEHOLDER).lower()
   text = text.replace(_REDACTION_PLACEHOLDER, _REDACTION)
+  if drop_punctuation:
+    text = _non_word_re().sub(" ", text)
   return _WHITESPACE_RE.sub(" ", text).strip(" ")
 
 
-def normalize_text_tf(texts: tf.Tensor) -> tf.Tensor:
+def normalize_text_tf(texts: tf.Tensor, drop_punctuation: bool = False) -> tf.Tensor:
   """The graph version of `normalize_text`, element-wise on a string tensor of any shape."""
   texts = tf_text.normalize_utf8(texts, "NFKC")
   texts = tf.strings.regex_replace(texts, _REDACTION, _REDACTION_PLACEHOLDER, replace_global=True)
   texts = tf.strings.lower(texts, encoding="utf-8")
   texts = tf.strings.regex_replace(texts, _REDACTION_PLACEHOLDER, _REDACTION, replace_global=True)
+  if drop_punctuation:
+    texts = tf.strings.regex_replace(texts, _NON_WORD_PATTERN_RE2, " ", replace_global=True)
   texts = tf.strings.regex_replace(texts, _WHITESPACE_PATTERN, " ", replace_global=True)
   return tf.strings.strip(texts)
+
+
+def normalizer_name(model_type: str) -> str:
+  """The normaliser a model of this type is trained and run with."""
+  return WORD_NORMALIZER_NAME if model_type == "word" else NORMALIZER_NAME
+
+
+def _proto_fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+  """(field number, wire type, value) of a serialized protobuf message (varint and bytes values)."""
+  pos = 0
+
+  def varint() -> int:
+    nonlocal pos
+    value, shift = 0, 0
+    while True:
+      byte = data[pos]
+      pos += 1
+      value |= (byte & 0x7F) << shift
+      shift += 7
+      if byte < 0x80:
+        return value
+
+  while pos < len(data):
+    key = varint()
+    number, wire = key >> 3, key & 7
+    if wire == 0:
+      yield number, wire, varint()
+    elif wire == 2:
+      size = varint()
+      yield number, wire, data[pos : pos + size]
+      pos += size
+    elif wire in (1, 5):
+      pos += 8 if wire == 1 else 4
+    else:
+      raise ValueError(f"not a SentencePiece model: protobuf wire type {wire}")
+
+
+def model_type_of(model_proto: bytes) -> str:
+  """The model type (unigram, bpe, word, char) stored in a serialized SentencePiece ModelProto.
+
+  Read from the wire format (ModelProto.trainer_spec = 2, TrainerSpec.model_type = 3), because the
+  pb2 module shipped with sentencepiece needs a newer protobuf runtime than TensorFlow's.
+  """
+  names = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
+  for number, wire, value in _proto_fields(model_proto):
+    if number == 2 and wire == 2:
+      for inner, inner_wire, inner_value in _proto_fields(value):
+        if inner == 3 and inner_wire == 0:
+          return names[inner_value]
+  return "unigram"  # the proto's default
 
 
 def train_sentencepiece(
@@ -91,14 +170,19 @@ def train_sentencepiece(
   characters unseen in training as UTF-8 bytes instead of UNK, so decode(encode(x)) ==
   normalize_text(x) always. The vocabulary limit is soft: a small corpus may yield fewer pieces than
   `vocab_size`. `input_sentence_size` > 0 trains on that many randomly sampled texts (for very large
-  corpora).
+  corpora). `model_type="word"` keeps the `vocab_size` - 5 most frequent words of the texts with
+  their punctuation dropped; there is no byte fallback (an unseen word is UNK) and '[MASK]' is a
+  control symbol (never matched in text).
   """
-  if model_type not in ("unigram", "bpe"):
-    raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
+  if model_type not in MODEL_TYPES:
+    raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+  words = model_type == "word"
+  # Word models: no byte pieces (SentencePiece refuses them), and no '▁[MASK]' word either.
+  symbols = {"control_symbols": [MASK_PIECE]} if words else {"user_defined_symbols": [MASK_PIECE]}
 
   def normalised_nonempty() -> Iterator[str]:
     for text in texts:
-      text = normalize_text(text)
+      text = normalize_text(text, drop_punctuation=words)
       if text:
         yield text
 
@@ -109,12 +193,12 @@ def train_sentencepiece(
     vocab_size=vocab_size,
     model_type=model_type,
     character_coverage=character_coverage,
-    byte_fallback=byte_fallback,
+    byte_fallback=byte_fallback and not words,
     pad_id=PAD_ID,
     unk_id=UNK_ID,
     bos_id=BOS_ID,
     eos_id=EOS_ID,
-    user_defined_symbols=[MASK_PIECE],
+    **symbols,
     # Our normaliser already did the work; SentencePiece must not alter the text further, or the
     # decoded text would differ from normalize_text(x).
     normalization_rule_name="identity",
@@ -149,6 +233,8 @@ class Tokenizer:
     }
     if actual != expected:
       raise ValueError(f"SentencePiece model ids {actual} differ from the contract {expected}")
+    self.model_type = model_type_of(self._model_proto)
+    self._drop_punctuation = self.model_type == "word"
     self._graph_tokenizer = tf_text.SentencepieceTokenizer(
       model=self._model_proto, out_type=tf.int32, add_bos=False, add_eos=False
     )
@@ -177,7 +263,8 @@ class Tokenizer:
       "bos_id": BOS_ID,
       "eos_id": EOS_ID,
       "mask_id": MASK_ID,
-      "normalizer": NORMALIZER_NAME,
+      "model_type": self.model_type,
+      "normalizer": normalizer_name(self.model_type),
     }
     with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILENAME), "w") as f:
       f.write(json.dumps(config, indent=2) + "\n")
@@ -189,13 +276,14 @@ class Tokenizer:
     directory = os.fspath(directory)
     with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILENAME)) as f:
       config = json.loads(f.read())
-    if config.get("normalizer") != NORMALIZER_NAME:
-      raise ValueError(
-        f"{directory} was saved with normaliser {config.get('normalizer')!r}; "
-        f"this code implements {NORMALIZER_NAME!r}"
-      )
     with tf.io.gfile.GFile(os.path.join(directory, MODEL_FILENAME), "rb") as f:
       tokenizer = cls(f.read(), max_len=config["max_len"])
+    expected = normalizer_name(tokenizer.model_type)
+    if config.get("normalizer") != expected:
+      raise ValueError(
+        f"{directory} was saved with normaliser {config.get('normalizer')!r}; "
+        f"this code implements {expected!r} for {tokenizer.model_type} models"
+      )
     if tokenizer.vocab_size != config["vocab_size"]:
       raise ValueError(
         f"{directory}: model vocab {tokenizer.vocab_size} != json {config['vocab_size']}"
@@ -234,7 +322,12 @@ class Tokenizer:
       raise ValueError(f"tokenize takes a scalar or a vector of strings, got shape {texts.shape}")
     is_scalar = texts.shape.rank == 0
     batch = tf.reshape(texts, [-1])
-    pieces = self._graph_tokenizer.tokenize(normalize_text_tf(batch))
+    normalised = normalize_text_tf(batch, self._drop_punctuation)
+    if self.model_type == "word":
+      # Word by word: SentencePiece merges a run of unknown words into one UNK; here each is one.
+      pieces = self._graph_tokenizer.tokenize(tf.strings.split(normalised)).merge_dims(1, 2)
+    else:
+      pieces = self._graph_tokenizer.tokenize(normalised)
     pieces = pieces[:, : self.max_len - 2]
     rows = tf.shape(batch, out_type=tf.int64)[0]
     bos = tf.RaggedTensor.from_tensor(tf.fill(tf.stack([rows, 1]), tf.constant(BOS_ID, tf.int32)))
@@ -249,7 +342,12 @@ class Tokenizer:
       raise TypeError("encode takes a sequence of strings; wrap a single text in a list")
     out = np.full((len(texts), self.max_len), PAD_ID, dtype=np.int32)
     for row, text in enumerate(texts):
-      pieces = self._processor.encode(normalize_text(text), out_type=int)[: self.max_len - 2]
+      text = normalize_text(text, self._drop_punctuation)
+      if self.model_type == "word":
+        pieces = [i for word in self._processor.encode(text.split(), out_type=int) for i in word]
+      else:
+        pieces = self._processor.encode(text, out_type=int)
+      pieces = pieces[: self.max_len - 2]
       ids = [BOS_ID, *pieces, EOS_ID]
       out[row, : len(ids)] = ids
     return out
@@ -314,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     help="FILE.txt (one report per line) or FILE.csv[:col1+col2]; repeat to combine",
   )
   parser.add_argument("--vocab_size", type=int, default=8000)
-  parser.add_argument("--model_type", choices=("unigram", "bpe"), default="unigram")
+  parser.add_argument("--model_type", choices=MODEL_TYPES, default="unigram")
   parser.add_argument("--character_coverage", type=float, default=1.0)
   parser.add_argument(
     "--no_byte_fallback",

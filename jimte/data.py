@@ -78,23 +78,40 @@ class DataBundle:
 
   # ---------------------------------------------------------------------------------------------
   def train_batches(self, mesh, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
-    """Endless global training batches from `start_step` on (each host reads its share)."""
+    """Endless global image-text batches from ITM step `start_step` on (each host its share)."""
     c = self.config
-    host_batch = _host_batch_size(c.batch_size)
+    source = self.sources[c.data.train_split]
     it = input_lib.make_train_iterator(
-      self.sources[c.data.train_split],
+      source,
       tokenizer=self.tokenizer,
       image_size=c.image_size,
-      batch_size=host_batch,
+      batch_size=_host_batch_size(c.batch_size),
       seed=c.seed,
       augment=c.data.augment,
-      mlm=_mlm(c),
       process_index=jax.process_index(),
       process_count=jax.process_count(),
       start_step=start_step,
-      global_order=isinstance(self.sources[c.data.train_split], input_lib.RandomAccessSource),
+      global_order=isinstance(source, input_lib.RandomAccessSource),
     )
     return batches_lib.prefetch_to_mesh(it, mesh, size=2)
+
+  def mlm_batches(self, mesh, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+    """Endless global MLM batches over the train split's reports from MLM step `start_step` on:
+    a stream of its own (own order, own position), as the original's separate MLM loader."""
+    c = self.config
+    source = self.sources[c.data.train_split]
+    dataset = input_lib.make_mlm_dataset(
+      source,
+      tokenizer=self.tokenizer,
+      batch_size=_host_batch_size(c.batch_size),
+      seed=c.seed,
+      masking=input_lib.MlmMasking(select_rate=c.loss.mlm_mask_rate),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      start_step=start_step,
+      global_order=isinstance(source, input_lib.RandomAccessSource),
+    )
+    return batches_lib.prefetch_to_mesh(dataset.as_numpy_iterator(), mesh, size=2)
 
   def eval_batches(self, mesh, split: str) -> Iterator[dict[str, jax.Array]]:
     """One pass over `split`, every example exactly once across hosts, padding marked invalid."""
@@ -118,12 +135,6 @@ class DataBundle:
       i: [(f["name"], tuple(f["box"])) for f in findings]
       for i, findings in enumerate(self.ground_truth[split])
     }
-
-
-def _mlm(config) -> bool | input_lib.MlmMasking:
-  if not config.loss.mixture:
-    return False
-  return input_lib.MlmMasking(select_rate=config.loss.mlm_mask_rate)
 
 
 def _host_batch_size(global_batch: int) -> int:

@@ -2,11 +2,13 @@
 language modelling (MLM) step on the text tower, and `TrainSteps`, which runs the step of each kind.
 
 Every step is a pure function of (train state, batch); the state holds params, batch statistics,
-per-tower optimizer states, the step and the RNG, so a resumed run continues exactly where an
-uninterrupted one would. `TrainSteps` compiles each kind once, ahead of time, so XLA's cost analysis
-gives its FLOPs (`jimte.perf.compiled_flops`), counts the FLOPs executed, and tracks on the device
-the first step whose loss or health norms were not finite, read only when the trainer asks (no
-host sync per step).
+per-tower optimizer states, the update count, the ITM step count and the RNG, so a resumed run
+continues exactly where an uninterrupted one would. Which kind update u is (`step_kinds`) is a pure
+function of (seed, u, mixture), the same on every process; the learning rate follows the ITM steps
+(an epoch is a pass of ITM steps over the pairs, as in the original). `TrainSteps` compiles each
+kind once, ahead of time, so XLA's cost analysis gives its FLOPs (`jimte.perf.compiled_flops`),
+counts the FLOPs executed, and tracks on the device the first step whose loss or health norms were
+not finite, read only when the trainer asks (no host sync per step).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ log = logging.getLogger("jimte.steps")
 class TrainState:
   """Everything a step reads and writes; a checkpoint holds exactly this."""
 
-  step: jax.Array  # int32 scalar: number of updates done
+  step: jax.Array  # int32 scalar: number of updates done (ITM and MLM)
+  itm_step: jax.Array  # int32 scalar: ITM updates done (the MLM stream is at step - itm_step)
   params: Any  # {'image': ..., 'text': ...}
   batch_stats: Any  # BatchNorm running statistics of the image tower
   opt_state: Any  # {'image': optax state, 'text': optax state}
@@ -54,6 +57,7 @@ def init_train_state(config, model, optimizers, mesh, rng) -> tuple[TrainState, 
     opt_state = {tower: optimizers[tower].init(params[tower]) for tower in optim.TOWERS}
     return TrainState(
       step=jnp.zeros((), jnp.int32),
+      itm_step=jnp.zeros((), jnp.int32),
       params=params,
       batch_stats=variables.get("batch_stats", {}),
       opt_state=opt_state,
@@ -71,13 +75,56 @@ def init_train_state(config, model, optimizers, mesh, rng) -> tuple[TrainState, 
 # ----------------------------------------------------------------------------------------------
 # Steps: an image-text matching step on both towers, an MLM step on the text tower alone.
 # ----------------------------------------------------------------------------------------------
-def step_kind(seed: int, step: int, loss_config: ml_collections.ConfigDict) -> str:
-  """'itm' or 'mlm' for this step: the paper's mixture, decided from (seed, step) so resume is
-  exact."""
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _uniform_draws(seed: int, first: int, count: int) -> np.ndarray:
+  """float64 [count] in [0, 1): a SplitMix64 hash of (seed, update), updates first..first+count-1.
+
+  Integer arithmetic only, so every process and platform draws the same numbers.
+  """
+  with np.errstate(over="ignore"):
+    x = np.uint64(seed & 0xFFFFFFFF) * _MIX + np.arange(first, first + count, dtype=np.uint64)
+    x = (x + _MIX) * _MIX  # decorrelate the seed from the update
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+  return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def step_kinds(seed: int, first: int, count: int, loss_config: ml_collections.ConfigDict):
+  """Bool [count]: whether updates first..first+count-1 are ITM steps (else MLM).
+
+  The original's mixture: each update is an ITM step with probability `itm_probability`, else an
+  MLM step, drawn independently; here the draw is a function of (seed, update), so resume is exact
+  and every process runs the same compiled step (the same collectives) at every update.
+  """
   if not loss_config.mixture:
-    return "itm"
-  draw = np.random.default_rng([seed, step, 0x17E]).random()
-  return "itm" if draw < loss_config.itm_probability else "mlm"
+    return np.ones(count, bool)
+  p = float(loss_config.itm_probability)
+  if not 0.0 < p <= 1.0:
+    raise ValueError(f"config.loss.itm_probability must be in (0, 1], got {p}")
+  return _uniform_draws(seed, first, count) < p
+
+
+def step_kind(seed: int, step: int, loss_config: ml_collections.ConfigDict) -> str:
+  """'itm' or 'mlm' for update `step` (see `step_kinds`)."""
+  return "itm" if step_kinds(seed, step, 1, loss_config)[0] else "mlm"
+
+
+def updates_for_itm_steps(
+  seed: int, first: int, itm_steps: int, loss_config: ml_collections.ConfigDict
+) -> int:
+  """How many updates from update `first` on complete `itm_steps` ITM steps (the last one ITM)."""
+  if itm_steps <= 0:
+    return 0
+  done, updates, chunk = 0, 0, max(1024, 4 * itm_steps)
+  while True:
+    kinds = step_kinds(seed, first + updates, chunk, loss_config)
+    counts = np.cumsum(kinds)
+    if done + counts[-1] >= itm_steps:
+      return updates + int(np.searchsorted(counts, itm_steps - done)) + 1
+    done, updates = done + int(counts[-1]), updates + chunk
 
 
 def _tree_norm(tree) -> jax.Array:
@@ -102,6 +149,7 @@ def make_objective(config, mesh) -> Callable:
     word_margin=lc.word_margin,
     local_pairs=lc.local_pairs,
     text_block=(lc.text_block or None),
+    word_triplet_length=lc.word_triplet_length,
   )
 
 
@@ -139,7 +187,7 @@ def make_itm_step(config, model, optimizers, schedule, objective, mesh):
       return total, (terms, new_vars["batch_stats"])
 
     (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    lr = schedule(state.step)
+    lr = schedule(state.itm_step)
     params, opt_state = dict(state.params), dict(state.opt_state)
     for tower in optim.TOWERS:
       params[tower], opt_state[tower] = optim.apply_tower_update(
@@ -157,7 +205,11 @@ def make_itm_step(config, model, optimizers, schedule, objective, mesh):
       "train/gamma3": jnp.float32(lc.gamma3),
     }
     new_state = state.replace(
-      step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats
+      step=state.step + 1,
+      itm_step=state.itm_step + 1,
+      params=params,
+      opt_state=opt_state,
+      batch_stats=batch_stats,
     )
     return new_state, metrics
 
@@ -180,11 +232,13 @@ def make_mlm_step(config, model, optimizers, schedule):
         method=model.mlm_logits,
         rngs={"dropout": dropout_rng},
       )
-      loss, accuracy = losses.mlm_loss(logits, batch["mlm_targets"], batch["mlm_weights"])
+      loss, accuracy = losses.mlm_loss(
+        logits, batch["mlm_targets"], batch["mlm_weights"], excluded_id=model.mlm_excluded_id
+      )
       return lc.mlm_weight * loss, accuracy
 
     (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["text"])
-    lr = schedule(state.step)
+    lr = schedule(state.itm_step)  # the epoch is the ITM stream's, as in the original
     text_params, text_opt = optim.apply_tower_update(
       optimizers["text"], state.opt_state["text"], state.params["text"], grads, lr
     )
@@ -256,6 +310,10 @@ class TrainSteps:
       for kind, step in steps.items()
     }
     return cls(jitted, kind_of=lambda step: step_kind(config.seed, step, config.loss))
+
+  def kind(self, step: int) -> str:
+    """The kind of update `step` (0-based): which batch it takes and which compiled step runs."""
+    return self._kind_of(step)
 
   def __call__(self, step: int, state: Any, batch: Any) -> tuple[Any, dict[str, jax.Array]]:
     """Runs step `step` (0-based) on `state` (donated); returns the new state and the metrics."""

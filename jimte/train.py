@@ -29,7 +29,13 @@ from jimte import data as data_lib
 from jimte.evaluate import registry as eval_registry
 from jimte.metrics import MetricWriter
 from jimte.models.joimternet import build_model
-from jimte.steps import TrainState, TrainSteps, init_train_state, is_checked_for_finiteness
+from jimte.steps import (
+  TrainState,
+  TrainSteps,
+  init_train_state,
+  is_checked_for_finiteness,
+  updates_for_itm_steps,
+)
 
 log = logging.getLogger("jimte.train")
 
@@ -39,12 +45,14 @@ class NonFiniteError(FloatingPointError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Durations: every length of the run in steps, resolved in one place.
+# Durations: every length of the run, resolved in one place. Lengths count image-text (ITM) steps,
+# as the original's epochs do (a pass of ITM steps over the pairs); with the ITM/MLM mixture the
+# MLM updates come on top, so a run makes more updates than ITM steps (`updates_for_itm_steps`).
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Durations:
-  steps_per_epoch: int
-  total_steps: int
+  steps_per_epoch: int  # ITM steps per epoch: train pairs // global batch
+  total_steps: int  # ITM steps of the whole run
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, num_train: int) -> Durations:
@@ -57,6 +65,12 @@ class Durations:
       math.ceil(config.num_epochs * steps_per_epoch)
     )
     return cls(steps_per_epoch=steps_per_epoch, total_steps=total)
+
+  def end_update(self, config: ml_collections.ConfigDict, update: int, itm_step: int) -> int:
+    """The update count at which the run is complete, from a state at (`update`, `itm_step`):
+    right after its last ITM step."""
+    remaining = max(self.total_steps - itm_step, 0)
+    return update + updates_for_itm_steps(config.seed, update, remaining, config.loss)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,9 +101,11 @@ class TrainLog:
   last_step: int
   last_time: float = dataclasses.field(default_factory=time.perf_counter)
 
-  def write(self, done: int, metrics: dict, flops: float) -> tuple[dict[str, float], float]:
-    """Writes step `done`'s metrics and the rates since the last write (`flops` executed per
-    device); returns the step's metrics on the host and the examples per second."""
+  def write(
+    self, done: int, itm_done: int, metrics: dict, flops: float
+  ) -> tuple[dict[str, float], float]:
+    """Writes update `done`'s metrics (`itm_done` ITM steps so far) and the rates since the last
+    write (`flops` executed per device); returns the metrics on the host and the examples/s."""
     step_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     now = time.perf_counter()
     elapsed = max(now - self.last_time, 1e-9)
@@ -101,7 +117,7 @@ class TrainLog:
     }
     if self.peak_flops:
       rates["perf/mfu"] = flops / elapsed / self.peak_flops
-    epoch = {"train/epoch": done / self.steps_per_epoch}
+    epoch = {"train/epoch": itm_done / self.steps_per_epoch, "train/itm_steps": float(itm_done)}
     self.writer.write_scalars(done, {**step_metrics, **rates, **epoch})
     self.last_time, self.last_step = now, done
     return step_metrics, rate
@@ -165,13 +181,6 @@ def train_and_evaluate(
   if is_chief:
     with _gfile().GFile(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  log.info(
-    "mesh %s, %d train examples, %d steps/epoch, %d steps",
-    dict(mesh.shape),
-    data.num_train,
-    durations.steps_per_epoch,
-    durations.total_steps,
-  )
 
   # ---- Model, optimizers, state (created sharded), resumed from the work dir.
   model_config = config.model.copy_and_resolve_references()
@@ -193,7 +202,16 @@ def train_and_evaluate(
   if latest is not None:
     state, meta = ckpt.restore(checkpointing.abstract_like(state, state_shardings), step=latest)
     log.info("resumed from step %d (%s)", int(state.step), meta)
-  start_step = int(state.step)
+  start_step, start_itm = int(state.step), int(state.itm_step)
+  schedule_end = durations.end_update(config, start_step, start_itm)
+  log.info(
+    "mesh %s, %d train examples, %d ITM steps/epoch, %d ITM steps, %d updates in all",
+    dict(mesh.shape),
+    data.num_train,
+    durations.steps_per_epoch,
+    durations.total_steps,
+    schedule_end,
+  )
 
   # ---- Steps (compiled once per kind), evaluators (encoder jitted once), metric sinks.
   steps = TrainSteps.create(config, model, optimizers, schedule, mesh, state_shardings)
@@ -202,13 +220,13 @@ def train_and_evaluate(
     evaluators, model=model, data=data, mesh=mesh, workdir=workdir, writer=writer
   )
 
-  # ---- The loop: update; check finiteness and log; evaluate; save; stop.
-  end_step = (
-    durations.total_steps
-    if stop_after_steps is None
-    else min(stop_after_steps, durations.total_steps)
-  )
-  train_iter = data.train_batches(mesh, start_step=start_step)
+  # ---- The loop: update; check finiteness and log; evaluate; save; stop. Two streams, each at its
+  # ---- own position: image-text batches for ITM steps, report batches for MLM steps.
+  end_step = schedule_end if stop_after_steps is None else min(stop_after_steps, schedule_end)
+  itm_done = start_itm
+  batches = {"itm": data.train_batches(mesh, start_step=start_itm)}
+  if config.loss.mixture:
+    batches["mlm"] = data.mlm_batches(mesh, start_step=start_step - start_itm)
   bar = _progress(start_step, end_step, enabled=progress and is_chief)
   train_log = TrainLog(
     writer,
@@ -221,10 +239,11 @@ def train_and_evaluate(
   try:
     with StopRequests() as stop:
       for step in range(start_step, end_step):
-        state, metrics = steps(step, state, next(train_iter))
-        done = step + 1
+        kind = steps.kind(step)
+        state, metrics = steps(step, state, next(batches[kind]))
+        done, itm_done = step + 1, itm_done + (kind == "itm")
         stopping = stop.requested(done)
-        evaluating = evals.due(done) if done < durations.total_steps else []
+        evaluating = evals.due(done) if done < schedule_end else []
         logging_now = done % config.log_every_steps == 0 or done == end_step
         saving = (
           done % config.checkpoint_every_steps == 0
@@ -235,13 +254,14 @@ def train_and_evaluate(
         if logging_now or saving:
           check_finite(steps, done, metrics)
         if logging_now:
-          step_metrics, rate = train_log.write(done, metrics, steps.take_flops())
+          step_metrics, rate = train_log.write(done, itm_done, metrics, steps.take_flops())
           last_metrics.update(step_metrics)
           bar.set_postfix(loss=f"{step_metrics['train/loss']:.3f}", ex_s=f"{rate:.1f}")
         bar.update(1)
         eval_metrics = evals.run(state, done, evaluating) if evaluating else None
         if saving:
-          ckpt.save(done, state, meta=_checkpoint_meta(config, done, data), metrics=eval_metrics)
+          meta = _checkpoint_meta(config, done, itm_done, data)
+          ckpt.save(done, state, meta=meta, metrics=eval_metrics)
         if stopping:
           log.warning("received signal %s: saved step %d, exiting", stop.reason, done)
           break
@@ -252,7 +272,7 @@ def train_and_evaluate(
 
   # ---- Evaluate: every evaluator, once the schedule is complete.
   results = {}
-  if int(state.step) >= durations.total_steps:
+  if int(state.itm_step) >= durations.total_steps:
     results = evals.run(state, int(state.step))
     if is_chief:
       with _gfile().GFile(os.path.join(workdir, "final_metrics.json"), "w") as f:
@@ -264,9 +284,12 @@ def train_and_evaluate(
   return {**last_metrics, **results, "step": int(state.step)}, state
 
 
-def _checkpoint_meta(config, step: int, data) -> dict:
+def _checkpoint_meta(config, step: int, itm_steps: int, data) -> dict:
+  """What a checkpoint records beside the state (the stream positions are in the state too)."""
   return {
     "step": int(step),
+    "itm_steps": int(itm_steps),  # the image-text stream's position
+    "mlm_steps": int(step) - int(itm_steps),  # the MLM stream's position
     "examples_seen": int(step) * int(config.batch_size),
     "tokenizer": data.tokenizer_dir,
     "seed": int(config.seed),

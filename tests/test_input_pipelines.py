@@ -157,9 +157,10 @@ def test_eval_covers_every_example_once_across_two_hosts(tokenizer, kind):
       assert (padding_tokens[:, :2] == [tok.BOS_ID, tok.EOS_ID]).all() and (
         padding_tokens[:, 2:] == 0
       ).all()
-      # Evaluation does not augment: each valid image is the plain resize of its source.
+      # Evaluation does not augment: each valid image is the centred square of its source
+      # (rows 4:52 of the 56x48 toy images), resized: the aspect is kept.
       expected = tf.image.resize(
-        images[batch["index"][valid]] / 255.0, [IMAGE_SIZE] * 2, antialias=True
+        images[batch["index"][valid]][:, 4:52] / 255.0, [IMAGE_SIZE] * 2, antialias=True
       )
       np.testing.assert_allclose(
         batch["image"][valid], np.clip(expected.numpy(), 0, 1) * 2 - 1, atol=1e-5
@@ -214,3 +215,63 @@ def test_global_order_needs_random_access(tokenizer):
       seed=0,
       global_order=True,
     )
+
+
+# --- the MLM stream: the reports of the split, its own order and position -------------------------
+
+
+def _mlm(source, tokenizer, **kwargs):
+  defaults = dict(tokenizer=tokenizer, batch_size=8, seed=0)
+  return inp.make_mlm_dataset(source, **{**defaults, **kwargs}).as_numpy_iterator()
+
+
+@pytest.mark.parametrize("kind", ["array", "dataset"])
+def test_mlm_stream_is_text_only_and_masks_the_examples_own_report(source, tokenizer, kind):
+  src = source if kind == "array" else dataset_of(40)
+  batch = next(_mlm(src, tokenizer))
+  assert set(batch) == (KEYS - {"image"}) | MLM_KEYS
+  texts = source_texts(source)  # dataset_of(40) draws the same texts as the toy source
+  np.testing.assert_array_equal(
+    batch["tokens"], tokenizer.encode([texts[i] for i in batch["index"]])
+  )
+  selected = batch["mlm_weights"] > 0
+  assert selected.any(axis=1).all()
+  np.testing.assert_array_equal(batch["mlm_targets"][selected], batch["tokens"][selected])
+  assert (batch["mlm_targets"][~selected] == 0).all()
+  np.testing.assert_array_equal(batch["mlm_tokens"][~selected], batch["tokens"][~selected])
+
+
+@pytest.mark.parametrize("kind", ["array", "dataset"])
+def test_mlm_stream_has_its_own_order_and_resumes_exactly(tokenizer, kind):
+  # 20 examples, batch 6: steps 3..6 cross the epoch boundaries at positions 20 and 40.
+  images, texts, study_ids = make_arrays(20)
+  src = (
+    inp.ArraySource("t", images=images, texts=texts, study_ids=study_ids)
+    if kind == "array"
+    else dataset_of(20)
+  )
+  full = take(_mlm(src, tokenizer, batch_size=6, seed=3), 7)
+  assert_batches_equal(full[3:], take(_mlm(src, tokenizer, batch_size=6, seed=3, start_step=3), 4))
+  indices = np.concatenate([b["index"] for b in full])[:40].reshape(2, 20)
+  assert all(sorted(epoch.tolist()) == list(range(20)) for epoch in indices)  # whole passes
+  itm = np.concatenate([b["index"] for b in take(train(src, tokenizer, batch_size=6, seed=3), 7)])
+  assert not np.array_equal(itm[:40], indices.reshape(-1))  # same seed, independent order
+
+
+def test_mlm_stream_global_order_does_not_depend_on_the_number_of_hosts(source, tokenizer):
+  one = take(_mlm(source, tokenizer, batch_size=8, global_order=True), 3)
+  hosts = [
+    take(
+      _mlm(source, tokenizer, batch_size=4, global_order=True, process_index=p, process_count=2), 3
+    )
+    for p in range(2)
+  ]
+  for step in range(3):
+    for key in one[step]:
+      merged = np.concatenate([hosts[0][step][key], hosts[1][step][key]])
+      np.testing.assert_array_equal(one[step][key], merged, err_msg=key)
+
+
+def test_mlm_stream_needs_masking(source, tokenizer):
+  with pytest.raises(ValueError, match="masking"):
+    inp.make_mlm_dataset(source, tokenizer=tokenizer, batch_size=8, seed=0, masking=False)

@@ -1,8 +1,9 @@
-"""Tests for `data_pipeline.input.preprocess`: study hash, decode/resize/augment/rotate, MLM
-masking."""
+"""Tests for `data_pipeline.input.preprocess`: study hash, decode, evaluation view, augmentation
+policies (aspect kept, centred crop, rotation and jitter ranges), rotate, MLM masking."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import tensorflow as tf
 
 from data_pipeline import input as inp
 from data_pipeline import tokenizer as tok
+from data_pipeline.input import preprocess
 from tests._input_data import (
   IMAGE_SIZE,
   make_arrays,
@@ -38,9 +40,11 @@ def test_study_index_is_a_stable_hash_shared_by_one_study(tokenizer):
 # --- images ---------------------------------------------------------------------------------------
 
 
-def test_without_augmentation_image_is_resized_and_scaled(source, tokenizer):
+def test_without_augmentation_image_is_the_centred_square_resized_and_scaled(source, tokenizer):
   batch = next(train(source, tokenizer, augment=False))
   originals = source._images.numpy()[batch["index"]]
+  assert originals.shape[1:3] == (56, 48)
+  originals = originals[:, 4:52]  # the centred 48 x 48 square of the 56 x 48 toy images
   expected = tf.image.resize(originals.astype(np.float32) / 255.0, [IMAGE_SIZE] * 2, antialias=True)
   expected = np.clip(expected.numpy(), 0, 1) * 2 - 1
   np.testing.assert_allclose(batch["image"], expected, atol=1e-5)
@@ -54,29 +58,159 @@ def test_augmentation_changes_images_and_keeps_range(tokenizer):
     "smooth", images=np.repeat(image[None], 16, axis=0), texts=make_texts(16, 1)
   )
   plain = next(train(src, tokenizer, batch_size=16, augment=False))["image"]
-  augmented = next(train(src, tokenizer, batch_size=16))["image"]
-  assert augmented.min() >= -1 and augmented.max() <= 1
-  assert np.allclose(plain, plain[0]), "without augmentation all copies are identical"
-  differences = np.abs(augmented - plain).mean(axis=(1, 2, 3))
-  assert (differences > 0.01).all()
-  assert len({round(float(d), 6) for d in differences}) == 16, "each copy is augmented differently"
-  # Rotation fills some corners with black (-1); the unaugmented gradient never reaches -1 there.
-  assert (augmented[:, [0, 0, -1, -1], [0, -1, 0, -1]] == -1).any()
+  for policy in ("mild", "original"):
+    augmented = next(train(src, tokenizer, batch_size=16, augment=policy))["image"]
+    assert augmented.min() >= -1 and augmented.max() <= 1
+    assert np.allclose(plain, plain[0]), "without augmentation all copies are identical"
+    differences = np.abs(augmented - plain).mean(axis=(1, 2, 3))
+    assert (differences > 0.01).all(), policy
+    assert len({round(float(d), 6) for d in differences}) == 16, "each copy differs"
+  # mild rotates after the jitter: its corners are black (-1); the gradient never reaches -1 there.
+  mild = next(train(src, tokenizer, batch_size=16, augment=True))["image"]
+  assert (mild[:, [0, 0, -1, -1], [0, -1, 0, -1]] == -1).any()
 
 
 def test_augmentation_components_can_be_switched_off(tokenizer):
-  images, texts, _ = make_arrays(8)
+  # Square images: a full-side square crop then has one position, the evaluation view's.
+  images, texts, _ = make_arrays(8, height=48, width=48)
   src = inp.ArraySource("t", images=images, texts=texts)
-  identity = inp.Augmentation(
-    max_rotation_degrees=0,
-    crop_area_range=(1.0, 1.0),
-    crop_aspect_ratio_range=(48 / 56, 48 / 56),
-    max_brightness_delta=0,
-    contrast_range=(1.0, 1.0),
-  )
   plain = next(train(src, tokenizer, augment=False))
-  neutral = next(train(src, tokenizer, augment=identity))
-  np.testing.assert_allclose(neutral["image"], plain["image"], atol=1e-5)
+  for jitter_last in (False, True):
+    identity = inp.Augmentation(
+      max_rotation_degrees=0,
+      crop_side_range=(1.0, 1.0),
+      max_brightness_delta=0,
+      contrast_range=(1.0, 1.0),
+      jitter_last=jitter_last,
+    )
+    neutral = next(train(src, tokenizer, augment=identity))
+    np.testing.assert_allclose(neutral["image"], plain["image"], atol=1e-5)
+
+
+def test_policies_by_name_and_bad_names_named():
+  assert preprocess.resolve_augmentation("original") == preprocess.ORIGINAL
+  assert preprocess.resolve_augmentation("mild") == preprocess.resolve_augmentation(True)
+  assert preprocess.resolve_augmentation("mild") == inp.Augmentation()
+  assert preprocess.resolve_augmentation("none") is preprocess.resolve_augmentation(False) is None
+  with pytest.raises(ValueError, match="config.data.augment.*strong"):
+    preprocess.resolve_augmentation("strong")
+  with pytest.raises(ValueError, match="crop_side_range"):
+    inp.Augmentation(crop_side_range=(0.5, 1.2))
+
+
+def test_original_policy_is_the_releases():
+  """JoImTeR/dataset_mimic_pretrain.py: RandomRotation(15), ColorJitter(brightness=[0.5, 1.8],
+  contrast=[0.5, 1.8]) after a full-size crop, in ColorJitter's random order."""
+  original = preprocess.ORIGINAL
+  assert original.max_rotation_degrees == 15.0
+  assert original.brightness_factor_range == original.contrast_range == (0.5, 1.8)
+  assert original.max_brightness_delta == 0.0 and original.crop_side_range == (1.0, 1.0)
+  assert original.jitter_last
+
+
+# --- geometry: aspect kept, centred evaluation crop, bounded rotation ----------------------------
+
+# A portrait "X-ray": 128 wide, 192 tall, a disc of radius 16 at its centre on a mid-grey field.
+TALL_HEIGHT, TALL_WIDTH, DISC_RADIUS = 192, 128, 16
+OUT = 64
+
+
+def _tall_disc() -> np.ndarray:
+  yy, xx = np.mgrid[:TALL_HEIGHT, :TALL_WIDTH]
+  disc = (yy - (TALL_HEIGHT - 1) / 2) ** 2 + (xx - (TALL_WIDTH - 1) / 2) ** 2 <= DISC_RADIUS**2
+  return np.where(disc, 230, 90).astype(np.uint8)[..., None]
+
+
+def _disc_moments(image: np.ndarray) -> tuple[float, float, float]:
+  """(row variance, column variance, area) of the pixels brighter than the mid-level 0.6."""
+  rows, cols = np.nonzero(image[..., 0] > 0.6)
+  return rows.var(), cols.var(), float(rows.size)
+
+
+def _views(augmentation, count: int = 12) -> list[np.ndarray]:
+  image = tf.constant(_tall_disc())
+  keys = [tf.constant([7, i], tf.int64) for i in range(count)]
+  return [preprocess.augment_image(image, OUT, k, augmentation).numpy() for k in keys]
+
+
+def test_evaluation_view_is_the_centred_square_and_deterministic():
+  image = _tall_disc()
+  view = preprocess.eval_view(tf.constant(image), OUT).numpy()
+  np.testing.assert_array_equal(view, preprocess.eval_view(tf.constant(image), OUT).numpy())
+  top = (TALL_HEIGHT - TALL_WIDTH) // 2
+  centre = image[top : top + TALL_WIDTH].astype(np.float32) / 255.0
+  expected = tf.image.resize(centre, [OUT, OUT], antialias=True).numpy()
+  np.testing.assert_allclose(view, np.clip(expected, 0, 1), atol=1e-6)
+  # The disc stays a centred circle: equal spreads, centre at the middle, radius scaled by 64/128.
+  rows, cols = np.nonzero(view[..., 0] > 0.6)
+  assert abs(rows.mean() - (OUT - 1) / 2) < 0.5 and abs(cols.mean() - (OUT - 1) / 2) < 0.5
+  row_var, col_var, area = _disc_moments(view)
+  assert abs(row_var / col_var - 1) < 0.05
+  assert abs(area / (math.pi * (DISC_RADIUS * OUT / TALL_WIDTH) ** 2) - 1) < 0.1
+
+
+@pytest.mark.parametrize("policy", ["mild", "original"])
+def test_training_views_keep_proportions(policy):
+  """Crops, rotations and jitter never stretch: the disc stays a circle in every view (a stretch
+  by the portrait's 3:2 would make its variances differ by 2.25x)."""
+  settings = preprocess.resolve_augmentation(policy)
+  settings = dataclasses.replace(
+    settings, max_brightness_delta=0, brightness_factor_range=(1, 1), contrast_range=(1, 1)
+  )
+  ratios = []
+  for view in _views(settings):
+    row_var, col_var, area = _disc_moments(view)
+    ratios.append(row_var / col_var)
+    # The crop spans 0.89..1 of the shorter side (128 px): radius 16 -> 8..9 px at 64 px.
+    assert math.pi * 7.5**2 < area < math.pi * 9.5**2, (policy, area)
+  np.testing.assert_allclose(ratios, 1.0, atol=0.08)
+
+
+def _bar_angle(image: np.ndarray) -> float:
+  """Orientation in degrees of the bright bar, from its second moments."""
+  rows, cols = np.nonzero(image[..., 0] > 0.5)
+  y, x = rows - rows.mean(), cols - cols.mean()
+  return math.degrees(0.5 * math.atan2(2 * (x * y).mean(), (x * x).mean() - (y * y).mean()))
+
+
+def test_rotation_is_uniform_within_15_degrees():
+  bar = np.zeros((OUT, OUT, 1), np.uint8)
+  bar[OUT // 2 - 2 : OUT // 2 + 2, 8:-8] = 255
+  settings = dataclasses.replace(
+    preprocess.ORIGINAL, brightness_factor_range=(1, 1), contrast_range=(1, 1)
+  )
+  keys = [tf.constant([3, i], tf.int64) for i in range(40)]
+  angles = np.abs(
+    [_bar_angle(preprocess.augment_image(tf.constant(bar), OUT, k, settings).numpy()) for k in keys]
+  )
+  assert angles.max() <= 15.5 and angles.max() > 12 and angles.min() < 3, angles
+
+
+def test_original_jitter_factors_span_half_to_1_8():
+  """Brightness multiplies the mean and contrast the spread about it: on a checkerboard that never
+  clips, mean and spread ratios recover both factors; each lies in [0.5, 1.8] and spans it."""
+  board = np.where(np.indices((OUT, OUT)).sum(0) % 2 == 0, 0.2, 0.4)[..., None]
+  image = tf.constant(np.round(board * 255).astype(np.uint8))
+  before = image.numpy() / 255.0
+  settings = dataclasses.replace(preprocess.ORIGINAL, max_rotation_degrees=0)
+  brightness, contrast = [], []
+  for i in range(200):
+    view = preprocess.augment_image(image, OUT, tf.constant([5, i], tf.int64), settings).numpy()
+    assert view.min() > 0 and view.max() < 1, "the checkerboard must not clip"
+    brightness.append(view.mean() / before.mean())
+    contrast.append(view.std() / before.std() / brightness[-1])
+  for factors in (np.array(brightness), np.array(contrast)):
+    assert factors.min() >= 0.5 - 1e-3 and factors.max() <= 1.8 + 1e-3
+    assert factors.min() < 0.6 and factors.max() > 1.7
+
+
+def test_phantom_sized_squares_are_resized_as_before(tokenizer):
+  """The square synthetic set sees the same evaluation images as a plain resize."""
+  images = np.random.default_rng(1).integers(0, 256, (4, 48, 48, 1), dtype=np.uint8)
+  for image in images:
+    view = preprocess.eval_view(tf.constant(image), IMAGE_SIZE).numpy()
+    plain = tf.image.resize(image.astype(np.float32) / 255.0, [IMAGE_SIZE] * 2, antialias=True)
+    np.testing.assert_allclose(view, np.clip(plain.numpy(), 0, 1), atol=1e-6)
 
 
 def test_rotate_by_quarter_turn_matches_numpy():

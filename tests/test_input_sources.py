@@ -1,5 +1,5 @@
 """Tests for `data_pipeline.input.sources`: each source kind, per-host shares (also across two real
-processes), argument checks."""
+processes), argument checks; and `data_pipeline.input.study_filter`: one frontal image per study."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from data_pipeline import input as inp
+from data_pipeline.input import study_filter
 from tests._input_data import (
   IMAGE_SIZE,
   REPO,
@@ -98,7 +99,8 @@ def test_tfds_directory_source(tokenizer, tmp_path):
         batch["tokens"][valid], tokenizer.encode([texts[i] for i in index])
       )
       # The PNG bytes TFDS stored are decoded after reading: the pixels are the originals.
-      expected = tf.image.resize(images[index] / 255.0, [IMAGE_SIZE] * 2, antialias=True)
+      # Evaluation keeps the aspect: the centred 48 px square of the 56x48 images, resized.
+      expected = tf.image.resize(images[index][:, 4:52] / 255.0, [IMAGE_SIZE] * 2, antialias=True)
       np.testing.assert_allclose(
         batch["image"][valid], np.clip(expected.numpy(), 0, 1) * 2 - 1, atol=1e-5
       )
@@ -191,3 +193,160 @@ def test_two_real_processes_read_disjoint_shares(tokenizer, tmp_path):
   epochs = [set(r["train_epoch"]) for r in results]
   assert all(len(e) == 15 for e in epochs) and not epochs[0] & epochs[1]
   assert epochs[0] | epochs[1] == set(range(count))
+
+
+# --- one frontal image per study (data_pipeline.input.study_filter) ----------------------------
+
+STUDY_VIEWS = ["AP", "PA", "L", "ap supine", "LATERAL", "LL", "PA", "PA", "AP", "PA", "AP", "PA"]
+# Image ids in an order unrelated to the index: the lowest id of a study is not its first row.
+STUDY_DICOMS = ["d7", "d3", "d0", "d9", "d1", "d2", "d8", "d6", "d5", "d4", "da", "db"]
+
+
+def _study_dataset(count: int = 12) -> tf.data.Dataset:
+  images, texts, study_ids = make_arrays(count)  # studies: pairs of consecutive rows
+  return tf.data.Dataset.from_tensor_slices(
+    {
+      "image": images,
+      "text": texts,
+      "study_id": study_ids,
+      "view_position": STUDY_VIEWS[:count],
+      "dicom_id": STUDY_DICOMS[:count],
+    }
+  )
+
+
+def test_is_frontal_reads_the_first_word_of_the_view():
+  views = np.array(["PA", "ap", "AP Supine", "L", "LATERAL", "", " pa "], dtype=object)
+  np.testing.assert_array_equal(
+    study_filter.is_frontal(views), [True, True, True, False, False, True, True]
+  )
+
+
+def test_one_frontal_per_study_keeps_the_lowest_frontal_image_id():
+  source = inp.DatasetSource(_study_dataset(), name="studies")
+  meta = study_filter.read_study_metadata(source)
+  np.testing.assert_array_equal(meta.index, np.arange(12))
+  assert meta.view.tolist() == STUDY_VIEWS and meta.image_id.tolist() == STUDY_DICOMS
+  selection = study_filter.one_frontal_per_study(meta)
+  # Study 0 (rows 0, 1): d3 < d7 -> row 1. Study 1 (rows 2, 3): row 2 is lateral -> row 3.
+  # Study 2 (rows 4, 5): both lateral -> none. Studies 3..5: d6 (7), d4 (9), da (10).
+  np.testing.assert_array_equal(selection.indices, [1, 3, 7, 9, 10])
+  assert selection.num_examples == 12 and selection.num_dropped == 7
+  assert selection.dropped_not_frontal == 3 and selection.dropped_same_study == 4
+  assert selection.studies_without_frontal == 1
+  # Deterministic: the same pick from the same split read again, or read in another row order.
+  again = study_filter.one_frontal_per_study(study_filter.read_study_metadata(source))
+  np.testing.assert_array_equal(again.indices, selection.indices)
+  order = np.random.default_rng(0).permutation(12)
+  shuffled = study_filter.StudyMetadata(
+    index=meta.index[order],
+    study_id=meta.study_id[order],
+    text=meta.text[order],
+    view=meta.view[order],
+    image_id=meta.image_id[order],
+  )
+  np.testing.assert_array_equal(
+    study_filter.one_frontal_per_study(shuffled).indices, selection.indices
+  )
+
+
+def test_one_frontal_per_study_without_views_keeps_the_first_row(source):
+  meta = study_filter.read_study_metadata(source)  # 40 rows, studies of 2, no view, no image id
+  assert set(meta.view.tolist()) == {""} and set(meta.image_id.tolist()) == {""}
+  selection = study_filter.one_frontal_per_study(meta)
+  np.testing.assert_array_equal(selection.indices, np.arange(0, 40, 2))
+  assert selection.dropped_same_study == 20 and selection.dropped_not_frontal == 0
+
+
+@pytest.mark.parametrize("kind", ["array", "dataset"])
+def test_subset_source_hosts_read_the_kept_examples_once(kind, tokenizer):
+  count = 21
+  images, texts, study_ids = make_arrays(count)
+  base = (
+    inp.ArraySource("a", images=images, texts=texts, study_ids=study_ids)
+    if kind == "array"
+    else inp.DatasetSource(
+      tf.data.Dataset.from_tensor_slices({"image": images, "text": texts, "study_id": study_ids})
+    )
+  )
+  kept = [0, 2, 3, 5, 8, 13, 14, 20]
+  subset = study_filter.SubsetSource(base, kept)
+  assert subset.num_examples == len(kept)
+  seen, num_batches = [], set()
+  for host in range(3):
+    batches = inp.make_eval_batches(
+      subset, tokenizer=tokenizer, image_size=16, batch_size=2, process_index=host, process_count=3
+    )
+    num_batches.add(batches.num_batches)
+    for batch in batches:
+      index = batch["index"][batch["valid"]]
+      seen.extend(index.tolist())
+      np.testing.assert_array_equal(
+        batch["tokens"][batch["valid"]], tokenizer.encode([texts[i] for i in index])
+      )
+    assert subset.num_host_examples(host, 3) == len(set(kept) & set(range(host, count, 3)))
+  assert sorted(seen) == kept and len(num_batches) == 1
+  with pytest.raises(ValueError, match=r"\[0, 21\)"):
+    study_filter.SubsetSource(base, [3, 21])
+
+
+def test_study_filter_on_a_tfds_directory(tokenizer, tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  images, texts, study_ids = make_arrays(12)
+  features = tfds.features.FeaturesDict(
+    {
+      "image": tfds.features.Image(shape=(None, None, 1)),
+      "text": tfds.features.Text(),
+      "study_id": tfds.features.Text(),
+      "view_position": tfds.features.Text(),
+      "dicom_id": tfds.features.Text(),
+    }
+  )
+  examples = [
+    (
+      i,
+      {
+        "image": images[i],
+        "text": texts[i],
+        "study_id": study_ids[i],
+        "view_position": STUDY_VIEWS[i],
+        "dicom_id": STUDY_DICOMS[i],
+      },
+    )
+    for i in range(12)
+  ]
+  builder = tfds.dataset_builders.store_as_tfds_dataset(
+    name="toy_studies",
+    version="1.0.0",
+    features=features,
+    split_datasets={"test": examples},
+    data_dir=str(tmp_path),
+    disable_shuffling=True,
+  )
+  source = inp.TfdsSource(str(builder.data_dir), split="test")
+  meta = study_filter.read_study_metadata(source)
+  assert meta.text.tolist() == texts and meta.image_id.tolist() == STUDY_DICOMS
+  selection = study_filter.one_frontal_per_study(meta)
+  np.testing.assert_array_equal(selection.indices, [1, 3, 7, 9, 10])
+  subset = study_filter.SubsetSource(source, selection.indices)
+  shares = [study_filter.host_indices(subset, host, 2).tolist() for host in range(2)]
+  assert shares == [[1, 3], [7, 9, 10]]  # the kept rows of the contiguous halves 0..5 and 6..11
+  read = [
+    int(i)
+    for host in range(2)
+    for b in inp.make_eval_batches(
+      subset, tokenizer=tokenizer, image_size=16, batch_size=2, process_index=host, process_count=2
+    )
+    for i, v in zip(b["index"], b["valid"], strict=True)
+    if v
+  ]
+  assert read == [1, 3, 7, 9, 10]
+
+
+def test_study_metadata_rejects_a_non_string_view():
+  images, texts, study_ids = make_arrays(2)
+  dataset = tf.data.Dataset.from_tensor_slices(
+    {"image": images, "text": texts, "study_id": study_ids, "view": [1, 2]}
+  )
+  with pytest.raises(ValueError, match="'view' must be a scalar string"):
+    study_filter.read_study_metadata(inp.DatasetSource(dataset))

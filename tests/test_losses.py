@@ -5,6 +5,11 @@ The region-word kernel is tested in tests/test_region_word.py, the objective ove
 tests/test_parallel.py.
 """
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +20,7 @@ from tests import reference_losses as ref
 from tests.reference_losses import REFERENCE_VALUES, reference_inputs
 
 pytestmark = pytest.mark.usefixtures("true_float32_matmuls")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
@@ -322,3 +328,166 @@ def test_zero_embeddings_and_blank_images_keep_gradients_finite():
     loss = lambda i, t, r, w, objective=objective: objective(i, t, r, w, d["mask"], d["neg"])[0]
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(img, d["txt_emb"], regions, d["words"])
     assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+# ----------------------------------------------------------------------------------------------
+# The word triplet's length switch: the negative's own word count, or the anchor's (the original)
+# ----------------------------------------------------------------------------------------------
+
+_ARGS = ("img_emb", "txt_emb", "regions", "words", "mask", "neg")
+
+
+@pytest.mark.parametrize("length", ["own", "anchor"])
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float64, 1e-9), (jnp.float32, 1e-5)])
+def test_word_triplet_length_reference_values(x64, length, dtype, rtol):
+  """On the contract's draw: own 1.0422 / 0.6768, anchor (the original's code) 0.7383 / 0.6768."""
+  d = reference_inputs()
+  cast = lambda v: jnp.asarray(v, dtype) if v.dtype == np.float64 else jnp.asarray(v)
+  objective = one_device_objective(text_block=4, word_triplet_length=length)
+  _, terms = objective(*(cast(d[k]) for k in _ARGS))
+  got = (terms["word_triplet_i2t"], terms["word_triplet_t2i"])
+  np.testing.assert_allclose(np.array(got), ref.WORD_TRIPLET_VALUES[length], rtol=rtol)
+  _, dense = ref.itm_loss(*(d[k] for k in _ARGS), word_triplet_length=length)
+  want = (dense["word_triplet_i2t"], dense["word_triplet_t2i"])
+  np.testing.assert_allclose(np.array(want), ref.WORD_TRIPLET_VALUES[length], rtol=1e-9)
+  # Only the word triplet's i2t term reads the switch.
+  for name in REFERENCE_VALUES:
+    np.testing.assert_allclose(
+      np.array([terms[f"{name}_i2t"], terms[f"{name}_t2i"]]), REFERENCE_VALUES[name], rtol=rtol
+    )
+
+
+def test_anchor_length_reads_the_negatives_first_n_i_words():
+  """The quirk by hand: image i against the first n_i word vectors of text n(i), padding too."""
+  d = _itm_inputs()
+  neg = d["neg"]
+  objective = one_device_objective(
+    weights={n: (1.0 if n == "word_triplet_i2t" else 0.0) for n in losses.TERM_NAMES},
+    word_triplet_length="anchor",
+  )
+  _, terms = objective(None, None, d["regions"], d["words"], d["mask"], neg)
+  z = losses.region_word_scores(d["regions"], d["words"], d["mask"])
+  by_hand = []
+  for i in range(6):
+    n_i = int(d["mask"][i].sum())
+    words = d["words"][neg[i], :n_i][None]
+    z_neg = losses.region_word_scores(d["regions"][i : i + 1], words, jnp.ones((1, n_i), bool))
+    by_hand.append(max(0.0, float(z_neg[0, 0]) - float(z[i, i]) + 0.5))
+  np.testing.assert_allclose(float(terms["word_triplet_i2t"]), np.mean(by_hand), rtol=1e-5)
+  assert any(int(d["mask"][i].sum()) > int(d["mask"][neg[i]].sum()) for i in range(6))  # padding
+
+
+def test_anchor_length_hardest_negatives_and_gradients_match_the_dense_reference():
+  d = _itm_inputs()
+  args = (d["img_emb"], d["txt_emb"], d["regions"], d["words"], d["mask"])
+  study = jnp.array([0, 1, 1, 2, 3, 4])
+  for neg in (d["neg"], "hardest"):
+    objective = one_device_objective(word_triplet_length="anchor")
+
+    def value_and_grads(fn, neg=neg):
+      loss = lambda *a: fn(*a, d["mask"], neg, study)
+      return jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(*args[:4])
+
+    (total, terms), grads = value_and_grads(objective)
+    dense = lambda *a: ref.itm_loss(*a[:6], study_ids=a[6], word_triplet_length="anchor")
+    (want_total, want), want_grads = value_and_grads(dense)
+    np.testing.assert_allclose(float(total), float(want_total), rtol=1e-5)
+    for name in losses.TERM_NAMES:
+      np.testing.assert_allclose(float(terms[name]), float(want[name]), rtol=1e-5, err_msg=name)
+    for g, w in zip(grads, want_grads, strict=True):
+      np.testing.assert_allclose(g, w, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
+def test_word_triplet_length_rejects_unknown_values():
+  with pytest.raises(ValueError, match="word_triplet_length"):
+    one_device_objective(word_triplet_length="negative")
+
+
+def eight_device_word_triplet_length_checks() -> dict:
+  """Run in a subprocess with 8 simulated devices: the anchor-length word triplet sharded vs the
+  dense reference (global modes) or its per-shard means (device mode); relative errors."""
+  from tests import _parallel_checks as pc
+
+  assert jax.device_count() == 8, jax.device_count()
+  hyper = dict(pc.HYPER, word_triplet_length="anchor")
+  x = pc.make_inputs(seed=3)
+  pc_args = ("img_emb", "txt_emb", "regions", "words", "word_mask")
+  out = {}
+  cases = {  # the ring fetch over 8 devices; on the device itself in 'device' mode
+    "global_data8": (pc.mesh_of(("data", -1), ("fsdp", 1)), "global"),
+    "device_data8": (pc.mesh_of(("data", -1), ("fsdp", 1)), "device"),
+  }
+  with jax.default_matmul_precision("highest"):
+    for name, (mesh, local_pairs) in cases.items():
+      d = sharding.num_batch_shards(mesh)
+      neg = losses.sample_negatives(jax.random.key(7), pc.N, d if local_pairs == "device" else 1)
+      sharded = losses.itm_objective(mesh, local_pairs=local_pairs, **hyper)
+      if local_pairs == "device":
+        reference = _device_mode_reference(d, hyper)
+      else:
+        reference = lambda *a: ref.itm_loss(*a[:6], study_ids=a[6], **hyper)
+      total, terms, grads = pc.value_and_grads(sharded, x, neg, x["study_ids"])
+      want_total, want_terms, want_grads = pc.value_and_grads(reference, x, neg, x["study_ids"])
+      _, own = ref.itm_loss(*(x[k] for k in pc_args), neg, study_ids=x["study_ids"], **pc.HYPER)
+      out[name] = dict(
+        total_rel=pc.rel(total, want_total),
+        terms_rel=pc.scalar_rel(terms, want_terms),
+        grads_rel=pc.rel(grads, want_grads),
+        word_triplet_i2t=float(terms["word_triplet_i2t"]),
+        own_word_triplet_i2t=float(own["word_triplet_i2t"]),
+      )
+  return out
+
+
+def _device_mode_reference(d, hyper):
+  """local_pairs='device' from the dense reference: sentence terms over the batch, each word term
+  the mean over shards of the reference on that shard (shard-local negatives)."""
+  sentence = {
+    k: (v if k in losses.SENTENCE_TERMS else 0.0) for k, v in losses.DEFAULT_WEIGHTS.items()
+  }
+  word = {k: (v if k in losses.WORD_TERMS else 0.0) for k, v in losses.DEFAULT_WEIGHTS.items()}
+
+  def fn(img, txt, regions, words, mask, neg, study):
+    n = img.shape[0] // d
+    _, terms = ref.itm_loss(
+      img, txt, None, None, None, neg, study_ids=study, weights=sentence, **hyper
+    )
+    parts = []
+    for s in range(d):
+      part = slice(s * n, (s + 1) * n)
+      _, t = ref.itm_loss(
+        None,
+        None,
+        regions[part],
+        words[part],
+        mask[part],
+        neg[part] - s * n,
+        study_ids=study[part],
+        weights=word,
+        **hyper,
+      )
+      parts.append(t)
+    terms.update({k: sum(t[k] for t in parts) / d for k in parts[0]})
+    terms = {k: terms[k] for k in losses.TERM_NAMES}
+    return sum(losses.DEFAULT_WEIGHTS[k] * v for k, v in terms.items()), terms
+
+  return fn
+
+
+def test_anchor_length_sharded_over_8_devices_equals_single_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+  code = (
+    "import json; from tests import test_losses as t; "
+    "print(json.dumps(t.eight_device_word_triplet_length_checks()))"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+  )
+  assert done.returncode == 0, done.stderr[-6000:]
+  results = json.loads(done.stdout.strip().splitlines()[-1])
+  for name in ("global_data8", "device_data8"):
+    r = results[name]
+    assert r["total_rel"] < 1e-5 and r["terms_rel"] < 1e-5 and r["grads_rel"] < 1e-5, (name, r)
+  r = results["global_data8"]  # the switch matters on these inputs
+  assert abs(r["word_triplet_i2t"] - r["own_word_triplet_i2t"]) > 1e-2, r

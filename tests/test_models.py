@@ -1,15 +1,20 @@
 """Tests of jimte.models: shapes, parameter tree, BatchNorm state, padding, bf16, remat, MLM."""
 
+import ast
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jimte.losses.mlm import mlm_loss, token_ids_to_classes
 from jimte.models import (
+  MASK_ID,
   PAD_ID,
   JointOutput,
+  SpatialSoftmaxAttention,
   adaptive_avg_pool,
   build_model,
   count_params,
@@ -150,21 +155,64 @@ def test_paper_layout_region_grid_is_input_over_128(image_size):
   assert out.attention_maps["stage4"].shape == (1, grid, grid)
 
 
-def test_paper_parameter_counts_per_tower():
+# The original release's towers at its vocabulary, counted for real (2026-12-02): the release's
+# `JoImTeR/model_img.py` and `model_txt.py` (git show from the mirror into /tmp, never into this
+# repository) instantiated under torch 2.13.0+cpu and transformers 5.24.0 in a separate venv,
+# `ImageEncoder(output_channels=512)` and `TextEncoder(BertConfig(vocab_size=8411, hidden_size=512,
+# num_hidden_layers=3, num_attention_heads=8, intermediate_size=2048, max_position_embeddings=512,
+# type_vocab_size=2, ...), 512, pool="cls")` as `trainer_pretrain.py` builds them, then
+# `sum(p.numel() for p in m.parameters())`; `python benchmarks/param_counts.py --torch-python
+# /tmp/torchenv/bin/python` repeats it. 8,411 ids = the 8,410 entries of its `word2idx` + [MASK].
+ORIGINAL_VOCAB_SIZE = 8411
+ORIGINAL_IMAGE_TOWER_PARAMS = 12_378_906
+ORIGINAL_TEXT_TOWER_PARAMS = 19_131_098  # BERT (no pooler) + MLM head + sent_fc + word_fc
+
+
+def paper_params_at_original_vocab():
   config = paper_model_config()
-  model = build_model(config)
-  params = abstract_variables(model, 256, 160)["params"]
+  config.text.vocab_size = ORIGINAL_VOCAB_SIZE
+  return abstract_variables(build_model(config), 256, 160)["params"]
+
+
+def test_paper_towers_have_the_original_parameter_counts():
+  params = paper_params_at_original_vocab()
+  assert count_params(params["image"]) == ORIGINAL_IMAGE_TOWER_PARAMS
+  assert count_params(params["text"]) == ORIGINAL_TEXT_TOWER_PARAMS
+
+
+def test_paper_towers_are_laid_out_as_the_original():
+  params = paper_params_at_original_vocab()
+  image, text = params["image"], params["text"]
+  assert image["stem_conv"]["kernel"].shape == (7, 7, 1, 8)  # 8-channel stem
+  # Soft attention after the 128- and 256-channel stages: 16 heads, each a 1x1 projection of
+  # every channel (the original's Conv3d of kernel (C, 1, 1)) with a bias, and one scale.
+  for stage, channels in (("stage3", 128), ("stage4", 256)):
+    block = image[f"{stage}_attention"]
+    assert block["heads"]["kernel"].shape == (channels, 16)
+    assert block["heads"]["bias"].shape == (16,)
+    assert block["scale"].shape == (1,)
+  assert set(image["region_head"]) == {"kernel"}  # conv1x1(256, 512, bias=False)
+  assert image["region_head"]["kernel"].shape == (1, 1, 256, 512)
+  assert image["global_head"]["kernel"].shape == (4 * 512, 512)
+  # Untied MLM decoder with V - 1 outputs, no bias over the V ids; BERT's embedding tables.
+  assert text["mlm_decoder"]["kernel"].shape == (512, ORIGINAL_VOCAB_SIZE - 1)
+  assert text["mlm_decoder"]["bias"].shape == (ORIGINAL_VOCAB_SIZE - 1,)
+  assert "mlm_bias" not in text
+  assert text["token_embedding"]["embedding"].shape == (ORIGINAL_VOCAB_SIZE, 512)
+  assert text["position_embedding"].shape == (512, 512)
+  assert text["token_type_embedding"].shape == (2, 512)
+
+
+def test_small_config_keeps_the_tied_head_and_sigmoid_gate():
+  config = small_model_config()
+  params = abstract_variables(build_model(config), 128, 64)["params"]
   text = params["text"]
   # Tied MLM output: the only [V, W] matrix is the token embedding; the head adds a bias only.
-  assert text["token_embedding"]["embedding"].shape == (8000, 512)
-  assert set(text["mlm_transform"]) == {"kernel", "bias"}
-  assert text["mlm_transform"]["kernel"].shape == (512, 512)
-  assert text["mlm_bias"].shape == (8000,)
-  assert text["position_embedding"].shape == (160, 512)
-  # Global head reads the 2x2-pooled 512-channel grid.
-  assert params["image"]["global_head"]["kernel"].shape == (4 * 512, 512)
-  assert params["image"]["region_head"]["kernel"].shape == (1, 1, 256, 512)
-  width, mlp, layers, vocab, max_len, embed = 512, 2048, 3, 8000, 160, 512
+  assert text["mlm_bias"].shape == (1000,) and "mlm_decoder" not in text
+  assert text["position_embedding"].shape == (64, 128) and "token_type_embedding" not in text
+  assert set(params["image"]["stage1_attention"]) == {"conv", "bn", "logits"}
+  assert set(params["image"]["region_head"]) == {"kernel", "bias"}
+  width, mlp, layers, vocab, max_len, embed = 128, 512, 2, 1000, 64, 128
   per_layer = 4 * (width * width + width) + 2 * width * mlp + mlp + width + 4 * width
   expected_text = (
     vocab * width
@@ -228,7 +276,7 @@ def test_batch_stats_update_in_train_mode_only():
   np.testing.assert_array_equal(out_old.sentence, out_new.sentence)
 
 
-def test_attention_maps_lie_in_unit_interval_and_outputs_are_finite():
+def test_sigmoid_gate_maps_lie_in_unit_interval_and_outputs_are_finite():
   model, variables = tiny_model_and_variables()
   images, tokens = make_images(4), make_tokens([4, 12, 7, 9], TINY_TEXT_LENGTH)
   out = jitted_apply(model)(variables, images, tokens, train=False)
@@ -399,6 +447,209 @@ def test_dropout_is_active_only_in_train_mode():
   assert not np.allclose(train_a.sentence, train_b.sentence)
 
 
+# ------------------------------------------------------------- the original's soft attention
+
+
+def original_attention_reference(x, kernel, bias, scale):
+  """The release's `SoftAttention.forward` in numpy, channels first as it is written there: a
+  Conv3d of kernel and stride (C, 1, 1) from 1 group to the heads, LeakyReLU, softmax over the
+  H * W positions per head, the heads summed into one map, `x + x * map * scale`."""
+  x_chw = np.transpose(np.asarray(x, np.float64), (0, 3, 1, 2))  # [B, C, H, W]
+  batch, _, height, width = x_chw.shape
+  weight = np.asarray(kernel, np.float64).T[:, None, :, None, None]  # [heads, 1, C, 1, 1]
+  conv = np.einsum("bchw,mc->bmhw", x_chw, weight[:, 0, :, 0, 0])
+  conv += np.asarray(bias, np.float64)[None, :, None, None]
+  conv = np.where(conv >= 0, conv, 0.01 * conv).reshape(batch, -1, height * width)
+  softmax = np.exp(conv - conv.max(axis=-1, keepdims=True))
+  softmax /= softmax.sum(axis=-1, keepdims=True)
+  attention_map = softmax.reshape(batch, -1, height, width).sum(axis=1, keepdims=True)
+  out = x_chw + x_chw * attention_map * float(np.asarray(scale)[0])
+  return np.transpose(out, (0, 2, 3, 1)), attention_map[:, 0]
+
+
+def init_attention_block(seed=0, scale_init=None, shape=(2, 5, 6, 12)):
+  block = SpatialSoftmaxAttention(num_heads=4, scale_init=scale_init)
+  x = jax.random.normal(jax.random.PRNGKey(seed + 100), shape)
+  variables = fast_jit(functools.partial(block.init, train=False))(jax.random.PRNGKey(seed), x)
+  return block, variables, x
+
+
+def test_original_attention_matches_the_release_formula():
+  block, variables, x = init_attention_block()
+  out, attention_map = jitted_apply(block)(variables, x, train=False)
+  assert out.shape == x.shape and out.dtype == jnp.float32
+  assert attention_map.shape == (2, 5, 6) and attention_map.dtype == jnp.float32
+  params = variables["params"]
+  expected_out, expected_map = original_attention_reference(
+    x, params["heads"]["kernel"], params["heads"]["bias"], params["scale"]
+  )
+  np.testing.assert_allclose(out, expected_out, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(attention_map, expected_map, rtol=1e-5, atol=1e-7)
+  # Each head's softmax over the 30 positions sums to 1, so the summed map sums to the 4 heads.
+  np.testing.assert_allclose(np.sum(attention_map, axis=(1, 2)), [4.0, 4.0], rtol=1e-5)
+  assert np.all(attention_map > 0) and np.std(np.asarray(attention_map)) > 0
+
+
+def test_original_attention_init_is_the_release_init():
+  scales = []
+  for seed in range(3):
+    block, variables, x = init_attention_block(seed)
+    params = variables["params"]
+    scale = float(params["scale"][0])
+    scales.append(scale)
+    # torch.rand(1): a draw from U[0, 1), so at initialisation out = x * (1 + scale * map).
+    assert 0.0 <= scale < 1.0
+    out, attention_map = jitted_apply(block)(variables, x, train=False)
+    np.testing.assert_allclose(out, x * (1.0 + scale * attention_map[..., None]), rtol=1e-5)
+    # PyTorch's default Conv3d init with fan-in C = 12: weights and bias in +-1/sqrt(12).
+    bound = 1 / np.sqrt(12)
+    for leaf in (params["heads"]["kernel"], params["heads"]["bias"]):
+      assert np.all(np.abs(np.asarray(leaf)) <= bound)
+    assert np.std(np.asarray(params["heads"]["kernel"])) > 0.5 * bound / np.sqrt(3)
+  assert len(set(scales)) == 3  # drawn, not a constant
+
+
+def test_original_attention_with_zero_scale_is_the_identity_and_learns_its_scale():
+  block, variables, x = init_attention_block(scale_init=0.0)
+  assert float(variables["params"]["scale"][0]) == 0.0
+  out, attention_map = jitted_apply(block)(variables, x, train=False)
+  np.testing.assert_array_equal(out, x)
+
+  def loss(params):
+    return jnp.sum(block.apply({"params": params}, x, train=False)[0] ** 2)
+
+  grad = fast_jit(jax.grad(loss))(variables["params"])
+  # d out / d scale = x * map: the scale leaves zero at once, and so does the projection.
+  expected = 2.0 * np.sum(np.asarray(x) ** 2 * np.asarray(attention_map)[..., None])
+  np.testing.assert_allclose(grad["scale"], [expected], rtol=1e-5)
+  assert np.linalg.norm(grad["heads"]["kernel"]) == 0  # at scale 0 the map cannot matter yet
+
+
+def test_original_attention_tower_with_zero_scale_equals_the_tower_without_attention():
+  with_attention = build_model(
+    tiny_config(image__attention="original", image__attention_scale_init=0.0)
+  ).image
+  without = build_model(tiny_config(image__attention_stages=())).image
+  images = make_images(2)
+  variables = fast_jit(functools.partial(with_attention.init, train=False))(
+    jax.random.PRNGKey(0), images
+  )
+  image_params = variables["params"]
+  assert {"stage0_attention", "stage1_attention"} <= set(image_params)
+  out = jitted_apply(with_attention)(variables, images, train=False)
+  plain = {k: v for k, v in image_params.items() if not k.endswith("_attention")}
+  out_plain = jitted_apply(without)(
+    {"params": plain, "batch_stats": variables["batch_stats"]}, images, train=False
+  )
+  np.testing.assert_allclose(out.regions, out_plain.regions, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out.global_emb, out_plain.global_emb, rtol=1e-6, atol=1e-6)
+  # Maps of the 16 default heads over the 8x8 and 4x4 grids of the tiny layout.
+  for name, side in (("stage0", 8), ("stage1", 4)):
+    np.testing.assert_allclose(np.sum(out.attention_maps[name], axis=(1, 2)), [16.0] * 2, rtol=1e-5)
+    assert out.attention_maps[name].shape == (2, side, side)
+
+
+def test_original_attention_in_bfloat16_keeps_the_map_in_float32():
+  block = SpatialSoftmaxAttention(num_heads=4, dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 4, 4, 8)).astype(jnp.bfloat16)
+  variables = fast_jit(functools.partial(block.init, train=False))(jax.random.PRNGKey(0), x)
+  out, attention_map = jitted_apply(block)(variables, x, train=False)
+  assert out.dtype == jnp.bfloat16 and attention_map.dtype == jnp.float32
+  np.testing.assert_allclose(np.sum(attention_map, axis=(1, 2)), [4.0, 4.0], rtol=1e-5)
+
+
+# ------------------------------------------------------ the untied MLM head and the MLM loss
+
+
+def test_mask_id_is_the_tokenizers():
+  # Read from the source: importing data_pipeline.tokenizer would load TensorFlow (~9 s).
+  source = Path(__file__).parents[1] / "data_pipeline" / "tokenizer.py"
+  assignments = {
+    target.id: node.value
+    for node in ast.parse(source.read_text()).body
+    if isinstance(node, ast.Assign)
+    for target in node.targets
+    if isinstance(target, ast.Name)
+  }
+  assert ast.literal_eval(assignments["MASK_ID"]) == MASK_ID
+
+
+def test_untied_head_has_v_minus_1_outputs_and_is_not_the_embedding():
+  model = build_model(tiny_config(text__mlm_head="untied"))
+  assert model.mlm_excluded_id == MASK_ID and model.text.num_mlm_classes == 39
+  tokens = make_tokens([6, 9, 4, 12], TINY_TEXT_LENGTH, seed=1)
+  variables = init_text_only(model, tokens)
+  text = variables["params"]["text"]
+  assert text["mlm_decoder"]["kernel"].shape == (16, 39) and "mlm_bias" not in text
+  logits = jitted_apply(model)(variables, tokens, train=False, method="mlm_logits")
+  assert logits.shape == (4, TINY_TEXT_LENGTH, 39) and logits.dtype == jnp.float32
+  absent_id = next(i for i in range(5, 40) if i not in set(np.asarray(tokens).ravel()))
+
+  def loss(text_params):
+    logits = model.apply(
+      {"params": {"text": text_params}}, tokens, train=False, method="mlm_logits"
+    )
+    targets = jnp.full(tokens.shape, absent_id)
+    return mlm_loss(logits, targets, jnp.ones(tokens.shape), excluded_id=model.mlm_excluded_id)[0]
+
+  grad = fast_jit(jax.grad(loss))(text)
+  # The absent token's embedding row gets no gradient (untied: the output is not the embedding);
+  # its class (absent_id - 1, past [MASK]) is the decoder column that the loss pulls up most.
+  assert np.linalg.norm(np.asarray(grad["token_embedding"]["embedding"])[absent_id]) == 0
+  bias_grad = np.asarray(grad["mlm_decoder"]["bias"])
+  assert np.argmin(bias_grad) == absent_id - 1 and bias_grad[absent_id - 1] < 0
+
+
+def test_mlm_loss_with_excluded_id_is_the_full_softmax_without_that_id():
+  rng = np.random.default_rng(0)
+  vocab, excluded = 9, MASK_ID
+  logits = rng.standard_normal((2, 5, vocab - 1)).astype(np.float32)
+  targets = np.array([[0, 3, 5, 8, 6], [7, 2, 5, 0, 8]])  # token ids, never the excluded one
+  weights = np.array([[0, 1, 1, 1, 0.5], [1, 1, 0, 0, 2]], np.float32)
+  loss, accuracy = mlm_loss(jnp.asarray(logits), targets, weights, excluded_id=excluded)
+  # The same head seen over all V ids: the excluded id's logit -inf, the others in order.
+  full = np.insert(logits, excluded, -np.inf, axis=-1)
+  loss_full, accuracy_full = mlm_loss(jnp.asarray(full), targets, weights)
+  np.testing.assert_allclose(loss, loss_full, rtol=1e-6)
+  np.testing.assert_allclose(accuracy, accuracy_full, rtol=1e-6)
+  # By hand: class of id t is t - (t > excluded).
+  log_probs = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
+  classes = targets - (targets > excluded)
+  nll = -np.take_along_axis(log_probs, classes[..., None], axis=-1)[..., 0]
+  np.testing.assert_allclose(loss, np.sum(nll * weights) / np.sum(weights), rtol=1e-5)
+  np.testing.assert_array_equal(
+    token_ids_to_classes(jnp.arange(vocab), excluded), [0, 1, 2, 3, 4, 4, 5, 6, 7]
+  )
+  # Accuracy counts a hit when the argmax class is the target's class.
+  hit_logits = np.zeros((1, 2, vocab - 1), np.float32)
+  hit_logits[0, 0, 5] = hit_logits[0, 1, 5] = 1.0  # class 5 = token id 6
+  _, accuracy = mlm_loss(jnp.asarray(hit_logits), np.array([[6, 5]]), np.ones((1, 2)), excluded)
+  np.testing.assert_allclose(accuracy, 0.5)
+
+
+def test_bert_tables_fold_into_a_plain_position_table():
+  # The paper layout's extra rows: 32 position rows for max_len 24, a token-type table.
+  bert = build_model(
+    tiny_config(text__position_table_size=32, text__num_token_types=2, text__mlm_head="untied")
+  )
+  plain = build_model(tiny_config(text__mlm_head="untied"))
+  tokens = make_tokens([5, 12, 8], 20, seed=4)
+  variables = init_text_only(bert, tokens, seed=1)
+  text = dict(variables["params"]["text"])
+  assert text["position_embedding"].shape == (32, 16)
+  assert text["token_type_embedding"].shape == (2, 16)
+  # Row 0 of the type table is added to every token; rows past max_len are never read.
+  folded = dict(text)
+  folded["position_embedding"] = text["position_embedding"][:24] + text["token_type_embedding"][0]
+  del folded["token_type_embedding"]
+  out_bert = jitted_apply(bert)(variables, tokens, train=False, method="encode_text")
+  out_plain = jitted_apply(plain)(
+    {"params": {"text": folded}}, tokens, train=False, method="encode_text"
+  )
+  np.testing.assert_allclose(out_bert.sentence, out_plain.sentence, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out_bert.words, out_plain.words, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------- config errors
 
 
@@ -413,3 +664,10 @@ def test_config_errors_are_reported():
   bad_stage = build_model(tiny_config(image__region_stage=3))
   with pytest.raises(ValueError, match="out of range"):
     abstract_variables(bad_stage, TINY_IMAGE_SIZE, TINY_TEXT_LENGTH)
+  for override, message in (
+    ({"image__attention": "cbam"}, "attention must be one of"),
+    ({"text__mlm_head": "shared"}, "mlm_head must be one of"),
+    ({"text__position_table_size": 20}, "position_table_size 20 < max_len 24"),
+  ):
+    with pytest.raises(ValueError, match=message):
+      abstract_variables(build_model(tiny_config(**override)), TINY_IMAGE_SIZE, TINY_TEXT_LENGTH)

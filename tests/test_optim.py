@@ -18,6 +18,18 @@ def test_step_schedule_drops_by_factor_at_epoch():
   assert float(sched(20)) == pytest.approx(1e-5)
 
 
+def test_paper_config_follows_the_release_schedule():
+  """misc/config.py: 35 epochs, StepLR(lr_drop=20, gamma=0.1) per epoch (epochs of ITM steps)."""
+  from configs import joimternet_paper
+
+  c = joimternet_paper.get_config()
+  assert c.num_epochs == 35 and c.optim.learning_rate == 1e-4
+  assert c.loss.mixture and c.loss.itm_probability == 0.3
+  sched = optim.make_schedule(c.optim, steps_per_epoch=7, total_steps=35 * 7)
+  assert [float(sched(s)) for s in (0, 20 * 7 - 1)] == pytest.approx([1e-4, 1e-4])
+  assert [float(sched(s)) for s in (20 * 7, 35 * 7 - 1)] == pytest.approx([1e-5, 1e-5])
+
+
 def test_warmup_cosine_schedule():
   cfg = common.optim_config()
   cfg.schedule, cfg.warmup_epochs, cfg.learning_rate = "warmup_cosine", 1.0, 1e-3

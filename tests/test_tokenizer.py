@@ -181,3 +181,87 @@ def test_cli_reads_csv_columns_and_text_files(reports, tmp_path):
   assert loaded.max_len == 384 and loaded.vocab_size <= 400
   held_out = reports[1][:20]
   assert loaded.decode(loaded.encode(held_out)) == [tok.normalize_text(t) for t in held_out]
+
+
+# --- the word model (the original JoImTeRNet's word vocabulary) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def words(reports) -> tok.Tokenizer:
+  train, _ = reports
+  return tok.Tokenizer.train(train, max_len=512, vocab_size=3000, model_type="word", num_threads=1)
+
+
+def test_word_normaliser_drops_punctuation_in_graph_and_python(reports):
+  cases = {
+    "Heart size normal. No effusion, XXXX.": "heart size normal no effusion XXXX",
+    "3.5 cm (left) T12-L1; 50% a/b \u2014 x-XXXX": "3 5 cm left t12 l1 50 a b x XXXX",
+    "ÉCOLE naïve ½ [MASK] _under_": "école naïve 1 2 mask under",
+  }
+  texts = list(cases) + reports[1][:400] + TRICKY
+  python = [tok.normalize_text(t, drop_punctuation=True) for t in texts]
+  assert python[: len(cases)] == list(cases.values())
+  graph = tok.normalize_text_tf(tf.constant(texts), drop_punctuation=True).numpy()
+  assert [g.decode("utf-8") for g in graph] == python
+
+
+def test_word_model_one_id_per_word_and_round_trip(words, reports):
+  assert words.model_type == "word" and 1500 < words.vocab_size <= 3000
+  assert [words.id_to_piece(i) for i in range(5)] == ["<pad>", "<unk>", "<s>", "</s>", "[MASK]"]
+  pieces = [words.id_to_piece(i) for i in range(tok.FIRST_ORDINARY_ID, words.vocab_size)]
+  assert all(p.startswith("▁") and p[1:].isalnum() for p in pieces), "whole words, no punctuation"
+  held_out = reports[1]
+  normalised = [tok.normalize_text(t, drop_punctuation=True) for t in held_out]
+  ids = words.encode(held_out)
+  body = (ids != tok.PAD_ID) & (ids != tok.BOS_ID) & (ids != tok.EOS_ID)
+  np.testing.assert_array_equal(body.sum(axis=1), [len(t.split()) for t in normalised])
+  known = ~(ids == tok.UNK_ID).any(axis=1)
+  assert known.mean() > 0.5, "most held-out reports use only training words"
+  decoded = words.decode(ids[known])
+  assert decoded == [t for t, k in zip(normalised, known, strict=True) if k]
+
+
+def test_word_model_in_graph_equals_eager_with_unknown_words(words, reports):
+  texts = reports[1][:300] + TRICKY + ["heart zzyzxq qqxxz normal, [MASK]."]
+  eager = words.encode(texts)
+  np.testing.assert_array_equal(words.tokenize(tf.constant(texts)).numpy(), eager)
+  ds = tf.data.Dataset.from_tensor_slices(texts).map(words.tokenize)
+  np.testing.assert_array_equal(np.stack(list(ds.as_numpy_iterator())), eager)
+  # Each unseen word is one UNK (SentencePiece alone would merge the two into one); '[MASK]'
+  # written in a report is the word 'mask' (unseen in IU too), never MASK_ID.
+  last = eager[-1][: int((eager[-1] != tok.PAD_ID).sum())]
+  pieces = [words.id_to_piece(i) for i in last[1:-1]]
+  assert pieces == ["▁heart", "<unk>", "<unk>", "▁normal", "<unk>"]
+  assert not (eager == tok.MASK_ID).any()
+
+
+def test_word_model_mlm_masks_only_words(words, reports):
+  from data_pipeline.input import preprocess
+
+  tokens = words.tokenize(tf.constant(reports[1][:64] + ["heart zzyzxq qqxxz normal"]))
+  masking = preprocess.MlmMasking(select_rate=0.5)
+  for row, key in zip(tokens, range(len(tokens)), strict=True):
+    out = preprocess.mask_tokens(row, tf.constant([1, key], tf.int64), words.vocab_size, masking)
+    selected = out["mlm_weights"].numpy() == 1
+    row = row.numpy()
+    assert selected.any() and (row[selected] >= tok.FIRST_ORDINARY_ID).all(), "never UNK/special"
+    masked = out["mlm_tokens"].numpy()
+    assert (masked[~selected] == row[~selected]).all()
+    assert ((masked[selected] == tok.MASK_ID) | (masked[selected] >= tok.FIRST_ORDINARY_ID)).all()
+    assert (masked < words.vocab_size).all()
+
+
+def test_model_type_is_read_back_from_the_model(words, tokenizer, reports, tmp_path):
+  assert tok.model_type_of(tokenizer.model_proto) == tokenizer.model_type == "unigram"
+  assert tok.Tokenizer(words.model_proto, max_len=16).model_type == "word"
+  saved = Path(words.save(tmp_path / "words"))
+  config = json.loads((saved / tok.CONFIG_FILENAME).read_text())
+  assert config["model_type"] == "word" and config["normalizer"] == tok.WORD_NORMALIZER_NAME
+  loaded = tok.Tokenizer.load(saved)
+  np.testing.assert_array_equal(loaded.encode(reports[1][:50]), words.encode(reports[1][:50]))
+  config["normalizer"] = tok.NORMALIZER_NAME
+  (saved / tok.CONFIG_FILENAME).write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="normaliser.*word"):
+    tok.Tokenizer.load(saved)
+  with pytest.raises(ValueError, match="model_type"):
+    tok.train_sentencepiece(reports[0][:10], model_type="char")

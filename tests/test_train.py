@@ -52,16 +52,107 @@ def test_training_learns_the_pairing(tmp_path):
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
-  c = tiny_config(**{"num_epochs": 2.0, "loss.mixture": True})  # 16 steps, ITM and MLM steps mixed
+  c = tiny_config(**{"num_epochs": 2.0, "loss.mixture": False})  # 16 image-text steps
   _, full = train.train_and_evaluate(c, str(tmp_path / "full"), progress=False)
   _, first = train.train_and_evaluate(
     c, str(tmp_path / "split"), stop_after_steps=6, progress=False
   )
   assert int(first.step) == 6
   _, resumed = train.train_and_evaluate(c, str(tmp_path / "split"), progress=False)
-  assert int(resumed.step) == int(full.step) == 16
+  assert int(resumed.step) == int(full.step) == int(full.itm_step) == 16
   for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def _spy_on_streams(monkeypatch) -> dict[str, list[np.ndarray]]:
+  """Records the example indices of every batch each stream hands the loop (passing them on)."""
+  seen = {"itm": [], "mlm": []}
+  originals = {"itm": data_lib.DataBundle.train_batches, "mlm": data_lib.DataBundle.mlm_batches}
+
+  def spy(kind):
+    def batches(self, mesh, start_step=0):
+      for batch in originals[kind](self, mesh, start_step=start_step):
+        seen[kind].append(np.asarray(batch["index"]))
+        yield batch
+
+    return batches
+
+  monkeypatch.setattr(data_lib.DataBundle, "train_batches", spy("itm"))
+  monkeypatch.setattr(data_lib.DataBundle, "mlm_batches", spy("mlm"))
+  return seen
+
+
+def test_with_mlm_an_epoch_is_a_pass_of_itm_steps_over_the_pairs(tmp_path, monkeypatch):
+  """MLM on (p = 0.3): one epoch = pairs / batch ITM steps, each pair once; MLM steps on top, from
+  the reports stream of their own."""
+  seen = _spy_on_streams(monkeypatch)
+  c = tiny_config(**{"num_epochs": 1.0, "loss.mixture": True, "evals": {}})
+  _, state = train.train_and_evaluate(c, str(tmp_path), progress=False)
+  itm_steps = c.data.num_train // c.batch_size  # 64 / 8
+  kinds = steps.step_kinds(c.seed, 0, int(state.step), c.loss)
+  assert int(state.itm_step) == itm_steps == int(kinds.sum())
+  assert (
+    int(state.step) == steps.updates_for_itm_steps(c.seed, 0, itm_steps, c.loss) > 2 * itm_steps
+  )
+  assert kinds[-1]  # the run ends on its last ITM step
+  # The loop took one ITM batch per ITM step (prefetch reads at most 2 ahead), every pair once.
+  itm = np.concatenate(seen["itm"][:itm_steps])
+  assert sorted(itm.tolist()) == list(range(c.data.num_train))
+  assert len(seen["mlm"]) >= int(state.step) - itm_steps
+  mlm = np.concatenate(seen["mlm"][: int(state.step) - itm_steps])
+  epochs = len(mlm) // c.data.num_train  # the MLM stream makes its own passes over the reports
+  assert epochs >= 2
+  for e in range(epochs):
+    assert sorted(mlm[e * 64 : (e + 1) * 64].tolist()) == list(range(64))
+  assert not np.array_equal(mlm[:64], itm)  # its own order
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  last = [r for r in rows if "train/epoch" in r][-1]
+  assert last["train/epoch"] == 1.0 and last["step"] == int(state.step)
+  assert any("train/mlm_loss" in r for r in rows) and any("train/itm_loss" in r for r in rows)
+
+
+def test_resume_with_two_streams_matches_an_uninterrupted_run(tmp_path):
+  """Stopped after 14 updates (2 ITM, 12 MLM: both streams part-way), resumed: same parameters."""
+  c = tiny_config(**{"num_epochs": 1.0, "loss.mixture": True, "evals": {}})
+  stop = 14
+  kinds = steps.step_kinds(c.seed, 0, stop, c.loss)
+  assert 0 < kinds.sum() < stop  # both streams have moved
+  _, full = train.train_and_evaluate(c, str(tmp_path / "full"), progress=False)
+  _, first = train.train_and_evaluate(
+    c, str(tmp_path / "split"), stop_after_steps=stop, progress=False
+  )
+  assert (int(first.step), int(first.itm_step)) == (stop, int(kinds.sum()))
+  from jimte import checkpointing
+
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "split" / "checkpoints"))
+  saved, meta = ckpt.restore(checkpointing.abstract_like(first), step=stop)
+  ckpt.close()
+  assert int(saved.step) == stop and int(saved.itm_step) == int(kinds.sum())
+  assert (meta["itm_steps"], meta["mlm_steps"]) == (int(kinds.sum()), stop - int(kinds.sum()))
+  _, resumed = train.train_and_evaluate(c, str(tmp_path / "split"), progress=False)
+  assert int(resumed.step) == int(full.step) and int(resumed.itm_step) == int(full.itm_step) == 8
+  for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_step_kinds_follow_the_mixture_and_do_not_depend_on_where_they_are_read():
+  c = tiny_config(**{"loss.mixture": True})
+  kinds = steps.step_kinds(c.seed, 0, 20000, c.loss)
+  assert abs(kinds.mean() - 0.3) < 0.015
+  np.testing.assert_array_equal(steps.step_kinds(c.seed, 1234, 50, c.loss), kinds[1234:1284])
+  assert [steps.step_kind(c.seed, u, c.loss) for u in range(5)] == [
+    "itm" if k else "mlm" for k in kinds[:5]
+  ]
+  assert not np.array_equal(steps.step_kinds(c.seed + 1, 0, 200, c.loss), kinds[:200])
+  first = int(np.argmax(kinds))  # updates to complete k ITM steps end on the k-th ITM update
+  assert steps.updates_for_itm_steps(c.seed, 0, 1, c.loss) == first + 1
+  assert (
+    steps.updates_for_itm_steps(c.seed, 0, 5000, c.loss)
+    == np.searchsorted(np.cumsum(kinds), 5000) + 1
+  )
+  c.loss.mixture = False
+  assert steps.updates_for_itm_steps(c.seed, 7, 12, c.loss) == 12
+  assert steps.step_kinds(c.seed, 0, 10, c.loss).all()
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -13,13 +13,15 @@ per-epoch shuffle buffer and resume by skipping the raw (still encoded) records 
 epoch.
 
 Modules: `sources` (where examples come from), `preprocess` (one example -> one batch row),
-`pipelines` (training streams and evaluation passes, batched).
+`pipelines` (the image-text and MLM training streams, each with its own order and position, and
+evaluation passes, batched).
 """
 
 from data_pipeline.input.pipelines import (
   DEFAULT_SHUFFLE_BUFFER,
   EvalBatches,
   make_eval_batches,
+  make_mlm_dataset,
   make_train_dataset,
   make_train_iterator,
 )
@@ -65,6 +67,7 @@ __all__ = [
   "augment_image",
   "decode_image",
   "make_eval_batches",
+  "make_mlm_dataset",
   "make_train_dataset",
   "make_train_iterator",
   "mask_tokens",

@@ -2,8 +2,11 @@
 
 A training stream is endless: a fresh permutation of the host's share each epoch for random-access
 sources (or, with `global_order`, the host's slice of one global shuffle), a seeded per-epoch
-shuffle buffer for streamed ones. An evaluation pass covers every example once across hosts, padded
-with `valid=False` rows so all hosts run the same number of steps.
+shuffle buffer for streamed ones. There are two kinds, each with its own order and position: the
+image-text stream (`make_train_dataset`) and the masked-language-modelling stream over the same
+split's reports (`make_mlm_dataset`: text only, images never decoded), as the original trains MLM
+from its own loader. An evaluation pass covers every example once across hosts, padded with
+`valid=False` rows so all hosts run the same number of steps.
 """
 
 from __future__ import annotations
@@ -20,12 +23,19 @@ from data_pipeline.input.preprocess import (
   Augmentation,
   MlmMasking,
   make_processor,
+  mask_tokens,
   rng_key,
+  study_index,
 )
 from data_pipeline.input.sources import RandomAccessSource, Source, as_source, check_process
 from data_pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 DEFAULT_SHUFFLE_BUFFER = 2048
+
+# The MLM stream's own random streams (order; masks), apart from the image-text stream's, so the
+# two kinds draw independent orders from one seed.
+MLM_ORDER_STREAM = 101
+MLM_EXAMPLE_STREAM = 102
 
 
 def _options() -> tf.data.Options:
@@ -50,9 +60,10 @@ def _resolve(
   return tokenizer, augmentation, masking
 
 
-def _shuffle_seed(seed: int, process_index: int, epoch: tf.Tensor) -> tf.Tensor:
+def _shuffle_seed(seed: int, process_index: int, epoch: tf.Tensor, stream: int) -> tf.Tensor:
   """An int64 seed for epoch `epoch` of one host's stream (a tensor: computed inside flat_map)."""
-  text = tf.strings.format("shuffle-{}-{}-{}", (seed, process_index, epoch))
+  name = "shuffle" if stream == ORDER_STREAM else f"shuffle{stream}"
+  text = tf.strings.format(name + "-{}-{}-{}", (seed, process_index, epoch))
   return tf.strings.to_hash_bucket_fast(text, 2**62)
 
 
@@ -64,6 +75,7 @@ def _global_order_stream(
   process_count: int,
   batch_size: int,
   start_step: int,
+  stream: int = ORDER_STREAM,
 ) -> tf.data.Dataset:
   """Endless stream of (example, global position): host p's slice of one global shuffle.
 
@@ -82,7 +94,7 @@ def _global_order_stream(
     step, row = host_position // batch_size, host_position % batch_size
     position = step * global_batch + process_index * batch_size + row
     epoch, local = position // num, position % num
-    key = rng_key(seed, 0, ORDER_STREAM, epoch)
+    key = rng_key(seed, 0, stream, epoch)
     index = tf.random.experimental.index_shuffle(local, key, tf.constant(num - 1, tf.int64))
     return source.indexed_example(tf.cast(index, tf.int64)), position
 
@@ -98,6 +110,7 @@ def _train_stream(
   process_count: int,
   start_position: int,
   shuffle_buffer_size: int,
+  stream: int = ORDER_STREAM,
 ) -> tf.data.Dataset:
   """Endless shuffled stream of (example, position) for this host, from `start_position` on."""
   host_size = source.num_host_examples(process_index, process_count)
@@ -109,7 +122,7 @@ def _train_stream(
     # A fresh permutation of the host's share each epoch, computed per position: O(1) memory.
     def fetch(position):
       epoch, local = position // host_size, position % host_size
-      key = rng_key(seed, process_index, ORDER_STREAM, epoch)
+      key = rng_key(seed, process_index, stream, epoch)
       local = tf.random.experimental.index_shuffle(local, key, tf.constant(host_size - 1, tf.int64))
       index = tf.cast(source.host_index(local, process_index, process_count), tf.int64)
       return source.indexed_example(index), position
@@ -122,13 +135,51 @@ def _train_stream(
 
   def epoch_dataset(epoch):
     return base.shuffle(
-      buffer, seed=_shuffle_seed(seed, process_index, epoch), reshuffle_each_iteration=False
+      buffer, seed=_shuffle_seed(seed, process_index, epoch, stream), reshuffle_each_iteration=False
     )
 
   stream = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch_dataset)
   # Resuming mid-epoch reads (but does not decode or augment) the epoch's first `offset` records.
   stream = stream.skip(offset)
   return tf.data.Dataset.zip(stream, positions)
+
+
+def _example_stream(
+  source: Source,
+  *,
+  seed: int,
+  process_index: int,
+  process_count: int,
+  batch_size: int,
+  start_step: int,
+  shuffle_buffer_size: int,
+  global_order: bool,
+  order_stream: int,
+) -> tf.data.Dataset:
+  """The endless (example, position) stream of one kind (its order keyed by `order_stream`)."""
+  if global_order:
+    if not isinstance(source, RandomAccessSource):
+      raise ValueError(
+        f"global_order needs a random-access source (arrays, generator), got {source}"
+      )
+    return _global_order_stream(
+      source,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      batch_size=batch_size,
+      start_step=start_step,
+      stream=order_stream,
+    )
+  return _train_stream(
+    source,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+    start_position=start_step * batch_size,
+    shuffle_buffer_size=shuffle_buffer_size,
+    stream=order_stream,
+  )
 
 
 def make_train_dataset(
@@ -163,28 +214,17 @@ def make_train_dataset(
     raise ValueError(f"need batch_size > 0 and start_step >= 0, got {batch_size}, {start_step}")
   source = as_source(source)
   tokenizer, augmentation, masking = _resolve(tokenizer, max_len, augment, mlm)
-  if global_order:
-    if not isinstance(source, RandomAccessSource):
-      raise ValueError(
-        f"global_order needs a random-access source (arrays, generator), got {source}"
-      )
-    stream = _global_order_stream(
-      source,
-      seed=seed,
-      process_index=process_index,
-      process_count=process_count,
-      batch_size=batch_size,
-      start_step=start_step,
-    )
-  else:
-    stream = _train_stream(
-      source,
-      seed=seed,
-      process_index=process_index,
-      process_count=process_count,
-      start_position=start_step * batch_size,
-      shuffle_buffer_size=shuffle_buffer_size,
-    )
+  stream = _example_stream(
+    source,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+    batch_size=batch_size,
+    start_step=start_step,
+    shuffle_buffer_size=shuffle_buffer_size,
+    global_order=global_order,
+    order_stream=ORDER_STREAM,
+  )
   process = make_processor(
     tokenizer=tokenizer,
     image_size=image_size,
@@ -204,6 +244,64 @@ def make_train_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
   """`make_train_dataset` as an endless iterator of numpy batch dicts (same keyword arguments)."""
   return make_train_dataset(source, **kwargs).as_numpy_iterator()
+
+
+def make_mlm_dataset(
+  source: Source | tf.data.Dataset,
+  *,
+  tokenizer: Tokenizer,
+  batch_size: int,
+  seed: int,
+  masking: MlmMasking | bool = True,
+  max_len: int | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+  start_step: int = 0,
+  shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
+  global_order: bool = False,
+) -> tf.data.Dataset:
+  """Endless per-host MLM batches over the split's reports: its own order and position.
+
+  Rows hold `tokens`, `mlm_tokens`, `mlm_targets`, `mlm_weights`, `study_index`, `index`, `valid`
+  (no image: images are never decoded). The order and the masks come from random streams of their
+  own, so this stream is independent of the image-text stream of the same seed; `start_step`
+  counts MLM batches of this stream (it resumes exactly, as `make_train_dataset` does).
+  """
+  check_process(process_index, process_count)
+  if batch_size <= 0 or start_step < 0:
+    raise ValueError(f"need batch_size > 0 and start_step >= 0, got {batch_size}, {start_step}")
+  source = as_source(source)
+  tokenizer, _, masking = _resolve(tokenizer, max_len, False, masking)
+  if masking is None:
+    raise ValueError("make_mlm_dataset needs MLM masking (masking=False given)")
+  stream = _example_stream(
+    source,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+    batch_size=batch_size,
+    start_step=start_step,
+    shuffle_buffer_size=shuffle_buffer_size,
+    global_order=global_order,
+    order_stream=MLM_ORDER_STREAM,
+  )
+  key_host = 0 if global_order else process_index  # global positions key the randomness
+
+  def process(example: dict[str, tf.Tensor], position: tf.Tensor) -> dict[str, tf.Tensor]:
+    tokens = tokenizer.tokenize(example["text"])
+    row = {
+      "tokens": tokens,
+      "study_index": study_index(example["study_id"]),
+      "index": tf.cast(example["index"], tf.int32),
+      "valid": tf.constant(True),
+    }
+    key = rng_key(seed, key_host, MLM_EXAMPLE_STREAM, position)
+    row.update(mask_tokens(tokens, key, tokenizer.vocab_size, masking))
+    return row
+
+  dataset = stream.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return dataset.with_options(_options())
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""Per-example processing: decode, resize or augment, tokenize, MLM-mask -> one contract batch row.
+"""Per-example processing: decode, view or augment, tokenize, MLM-mask -> one contract batch row.
 
 Every random choice is a stateless function of (seed, host, stream, position), keyed by `rng_key`,
 so a row does not depend on tf.data's parallelism or on where a run was resumed.
@@ -19,22 +19,70 @@ STUDY_HASH_BUCKETS = 2**31 - 1
 PADDING_INDEX = -1
 
 
+AUGMENT_POLICIES = ("original", "mild", "none")
+
+
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-  """Training-time image augmentation, in the spirit of JoImTeRNet: crop, rotation, intensity
-  jitter.
+  """Training-time image augmentation: square crop, rotation, intensity jitter; never stretches.
 
-  The crop covers `crop_area_range` of the image with an aspect ratio in `crop_aspect_ratio_range`,
-  and is resized to the output size; rotation is uniform in +-`max_rotation_degrees` (corners filled
-  black); brightness adds a uniform delta in +-`max_brightness_delta` (images in [0, 1]); contrast
-  scales the deviation from the mean by a factor in `contrast_range`.
+  The crop is a square whose side is a uniform fraction in `crop_side_range` of the image's shorter
+  side, taken at a uniform position and scaled to the output size (one scale factor for both axes,
+  so proportions are kept). Rotation is uniform in +-`max_rotation_degrees` (uncovered pixels 0).
+  Brightness adds a uniform delta in +-`max_brightness_delta` and multiplies by a uniform factor in
+  `brightness_factor_range` (images in [0, 1]); contrast scales the deviation from the mean by a
+  uniform factor in `contrast_range`.
+
+  `jitter_last` picks the order. True (the original's torchvision pipeline): rotate the scaled
+  image, crop, then brightness and contrast in a random order (as `ColorJitter`), the rotated
+  corners included. False: crop, jitter, then rotate the crop, so its corners stay black.
   """
 
   max_rotation_degrees: float = 15.0
-  crop_area_range: tuple[float, float] = (0.8, 1.0)
-  crop_aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
+  crop_side_range: tuple[float, float] = (math.sqrt(0.8), 1.0)
   max_brightness_delta: float = 0.1
+  brightness_factor_range: tuple[float, float] = (1.0, 1.0)
   contrast_range: tuple[float, float] = (0.8, 1.2)
+  jitter_last: bool = False
+
+  def __post_init__(self):
+    low, high = self.crop_side_range
+    if not 0 < low <= high <= 1:
+      raise ValueError(f"crop_side_range must satisfy 0 < low <= high <= 1, got {(low, high)}")
+    for name in ("brightness_factor_range", "contrast_range"):
+      low, high = getattr(self, name)
+      if not 0 <= low <= high:
+        raise ValueError(f"{name} must satisfy 0 <= low <= high, got {(low, high)}")
+
+
+# JoImTeR/dataset_mimic_pretrain.py: RandomRotation(15), RandomCrop(2048), ColorJitter(brightness
+# and contrast factors in [0.5, 1.8]); saturation is a no-op on grayscale. The crop spans the whole
+# shorter side here: records are stored at a maximum side, not at MIMIC-CXR's native resolution.
+ORIGINAL = Augmentation(
+  max_rotation_degrees=15.0,
+  crop_side_range=(1.0, 1.0),
+  max_brightness_delta=0.0,
+  brightness_factor_range=(0.5, 1.8),
+  contrast_range=(0.5, 1.8),
+  jitter_last=True,
+)
+MILD = Augmentation()
+
+
+def resolve_augmentation(value: Augmentation | str | bool | None) -> Augmentation | None:
+  """`config.data.augment` -> settings: a policy name (original | mild | none), True (= mild),
+  False or None (= none), or an `Augmentation` as it is."""
+  if isinstance(value, Augmentation) or value is None:
+    return value
+  if isinstance(value, bool):
+    return MILD if value else None
+  policies = {"original": ORIGINAL, "mild": MILD, "none": None, "": None}
+  if isinstance(value, str) and value in policies:
+    return policies[value]
+  raise ValueError(
+    f"config.data.augment: unknown policy {value!r} (expected one of {AUGMENT_POLICIES}, a bool "
+    "or an Augmentation)"
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +116,32 @@ def decode_image(image: tf.Tensor) -> tf.Tensor:
   return tf.ensure_shape(image, [None, None, 1])
 
 
-def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
-  """uint8 [h, w, 1] -> float32 [S, S, 1] in [0, 1], antialiased so downscaling does not alias."""
-  image = tf.image.convert_image_dtype(image, tf.float32)
-  image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+def _resize(image: tf.Tensor, height: tf.Tensor | int, width: tf.Tensor | int) -> tf.Tensor:
+  """float32 [h, w, 1] in [0, 1] -> [height, width, 1], antialiased (downscaling never aliases)."""
+  image = tf.image.resize(image, tf.stack([height, width]), method="bilinear", antialias=True)
   return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def _to_float(image: tf.Tensor) -> tf.Tensor:
+  return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def eval_view(image: tf.Tensor, image_size: int) -> tf.Tensor:
+  """uint8 [H, W, 1] -> float32 [S, S, 1] in [0, 1]: the centred square of side min(H, W), scaled
+  to S. Deterministic, and never stretches (a square image is simply resized)."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  side = tf.minimum(height, width)
+  image = image[(height - side) // 2 :, (width - side) // 2 :][:side, :side]
+  return _resize(_to_float(image), image_size, image_size)
+
+
+def _uniform(key: tf.Tensor, value_range: tuple[float, float]) -> tf.Tensor:
+  return tf.random.stateless_uniform([], key, minval=value_range[0], maxval=value_range[1])
+
+
+def _offset(key: tf.Tensor, room: tf.Tensor) -> tf.Tensor:
+  """A uniform integer offset in [0, room]."""
+  return tf.random.stateless_uniform([], key, minval=0, maxval=room + 1, dtype=tf.int32)
 
 
 def rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
@@ -106,38 +175,70 @@ def rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
   return rotated[0]
 
 
+def _jitter(image: tf.Tensor, key: tf.Tensor, augmentation: Augmentation) -> tf.Tensor:
+  """Brightness then contrast, or in a random order when `jitter_last` (as `ColorJitter`)."""
+  add_key, factor_key, contrast_key, order_key = tf.unstack(
+    tf.random.experimental.stateless_split(key, num=4)
+  )
+
+  def brightness(x: tf.Tensor) -> tf.Tensor:
+    if augmentation.max_brightness_delta > 0:
+      x = tf.image.stateless_random_brightness(x, augmentation.max_brightness_delta, add_key)
+    if augmentation.brightness_factor_range != (1.0, 1.0):
+      x = x * _uniform(factor_key, augmentation.brightness_factor_range)
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+  def contrast(x: tf.Tensor) -> tf.Tensor:
+    if augmentation.contrast_range != (1.0, 1.0):
+      x = tf.image.stateless_random_contrast(x, *augmentation.contrast_range, contrast_key)
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+  if not augmentation.jitter_last:
+    return contrast(brightness(image))
+  brightness_first = tf.random.stateless_uniform([], order_key) < 0.5
+  return tf.cond(
+    brightness_first, lambda: contrast(brightness(image)), lambda: brightness(contrast(image))
+  )
+
+
+def _rotate_randomly(image: tf.Tensor, key: tf.Tensor, augmentation: Augmentation) -> tf.Tensor:
+  if augmentation.max_rotation_degrees <= 0:
+    return image
+  max_angle = augmentation.max_rotation_degrees * math.pi / 180
+  angle = tf.random.stateless_uniform([], key, minval=-max_angle, maxval=max_angle)
+  return tf.clip_by_value(rotate(image, angle), 0.0, 1.0)
+
+
 def augment_image(
   image: tf.Tensor, image_size: int, key: tf.Tensor, augmentation: Augmentation
 ) -> tf.Tensor:
-  """uint8 [H, W, 1] -> float32 [S, S, 1] in [0, 1]: random crop, resize, jitter, rotation (seeded
-  by key)."""
-  crop_key, brightness_key, contrast_key, angle_key = tf.unstack(
-    tf.random.experimental.stateless_split(key, num=4)
+  """uint8 [H, W, 1] -> float32 [S, S, 1] in [0, 1]: square crop scaled to S, jitter, rotation, in
+  the order `augmentation.jitter_last` names (seeded by key). Proportions are always kept."""
+  side_key, row_key, col_key, angle_key, jitter_key = tf.unstack(
+    tf.random.experimental.stateless_split(key, num=5)
   )
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-    tf.shape(image),
-    bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-    seed=crop_key,
-    min_object_covered=0.0,
-    aspect_ratio_range=augmentation.crop_aspect_ratio_range,
-    area_range=augmentation.crop_area_range,
-    max_attempts=10,
-    use_image_if_no_bounding_boxes=True,
-  )
-  image = _resize(tf.slice(image, begin, size), image_size)
-  if augmentation.max_brightness_delta > 0:
-    image = tf.image.stateless_random_brightness(
-      image, augmentation.max_brightness_delta, brightness_key
-    )
-  if augmentation.contrast_range != (1.0, 1.0):
-    image = tf.image.stateless_random_contrast(image, *augmentation.contrast_range, contrast_key)
-  # Jitter before rotating, so the black corners stay black.
-  image = tf.clip_by_value(image, 0.0, 1.0)
-  if augmentation.max_rotation_degrees > 0:
-    max_angle = augmentation.max_rotation_degrees * math.pi / 180
-    angle = tf.random.stateless_uniform([], angle_key, minval=-max_angle, maxval=max_angle)
-    image = rotate(image, angle)
-  return tf.clip_by_value(image, 0.0, 1.0)
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  fraction = _uniform(side_key, augmentation.crop_side_range)
+  if augmentation.jitter_last:
+    # The original's order: rotate the whole image, crop, jitter. Scaled first (the shorter side to
+    # S / fraction), so the rotation runs at the output resolution.
+    shorter = tf.cast(tf.minimum(height, width), tf.float32)
+    target = tf.cast(tf.math.ceil(image_size / fraction), tf.int32)
+    scale = tf.cast(target, tf.float32) / shorter
+    scaled = [
+      tf.maximum(target, tf.cast(tf.round(tf.cast(n, tf.float32) * scale), tf.int32))
+      for n in (height, width)
+    ]
+    image = _rotate_randomly(_resize(_to_float(image), *scaled), angle_key, augmentation)
+    top = _offset(row_key, scaled[0] - image_size)
+    left = _offset(col_key, scaled[1] - image_size)
+    image = image[top:, left:][:image_size, :image_size]
+    return _jitter(image, jitter_key, augmentation)
+  side = tf.cast(tf.round(fraction * tf.cast(tf.minimum(height, width), tf.float32)), tf.int32)
+  side = tf.maximum(side, 1)
+  top, left = _offset(row_key, height - side), _offset(col_key, width - side)
+  image = _resize(_to_float(image[top:, left:][:side, :side]), image_size, image_size)
+  return _rotate_randomly(_jitter(image, jitter_key, augmentation), angle_key, augmentation)
 
 
 def mask_tokens(
@@ -201,18 +302,23 @@ def make_processor(
   image_size: int,
   seed: int,
   process_index: int,
-  augmentation: Augmentation | None,
+  augmentation: Augmentation | str | bool | None,
   masking: MlmMasking | None,
   extra_keys: Sequence[str],
 ) -> Callable[[dict[str, tf.Tensor], tf.Tensor], dict[str, tf.Tensor]]:
-  """Builds the map function: (example, rng position) -> one batch row as in the contract."""
+  """Builds the map function: (example, rng position) -> one batch row as in the contract.
+
+  `augmentation`: settings, a policy name (`AUGMENT_POLICIES`) or a bool (see
+  `resolve_augmentation`); none means the evaluation view (centred square, scaled).
+  """
+  augmentation = resolve_augmentation(augmentation)
 
   def process(example: dict[str, tf.Tensor], position: tf.Tensor) -> dict[str, tf.Tensor]:
     key = rng_key(seed, process_index, EXAMPLE_STREAM, position)
     image_key, mlm_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2))
     image = decode_image(example["image"])
     if augmentation is None:
-      image = _resize(image, image_size)
+      image = eval_view(image, image_size)
     else:
       image = augment_image(image, image_size, image_key, augmentation)
     tokens = tokenizer.tokenize(example["text"])

@@ -13,22 +13,44 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jimte.models.text import SENTENCE_POOLINGS
+
 ENCODED_KEYS = ("image_global", "regions", "sentence", "words", "word_mask")
+# The text tower's sentence vector under its other pooling (jimte.models.text.SENTENCE_POOLINGS),
+# with the same parameters: the original release offers both (`pool='cls'` or `'avg'`, one
+# `sent_fc`), and its retrieval notebook scores the one its checkpoint was not trained with.
+OTHER_POOLING_KEY = "sentence_other_pooling"
+
+
+def other_pooling(model) -> str | None:
+  """The sentence pooling the text tower of `model` was not built with, or None where the tower
+  has no `sentence_pooling` of `jimte.models.text.SENTENCE_POOLINGS`."""
+  pooling = getattr(getattr(model, "text", None), "sentence_pooling", None)
+  if pooling not in SENTENCE_POOLINGS:
+    return None
+  return next(p for p in SENTENCE_POOLINGS if p != pooling)
 
 
 def make_encode_fn(model) -> Callable:
-  """A jitted function (variables, image, tokens) -> the joint outputs in eval mode; make it once
-  per model (each call of this makes a new function, compiled anew)."""
+  """A jitted function (variables, image, tokens) -> the joint outputs in eval mode, plus the
+  sentence vector under the text tower's other pooling (`OTHER_POOLING_KEY`) where it has one;
+  make it once per model (each call of this makes a new function, compiled anew)."""
+  pooling = other_pooling(model)
+  other = None if pooling is None else model.clone(text=model.text.clone(sentence_pooling=pooling))
 
   def encode(variables, image, tokens):
     out = model.apply(variables, image, tokens, train=False)
-    return {
+    result = {
       "image_global": out.image_global,
       "regions": out.regions,
       "sentence": out.sentence,
       "words": out.words,
       "word_mask": out.word_mask,
     }
+    if other is not None:
+      text = other.apply(variables, tokens, train=False, method=other.encode_text)
+      result[OTHER_POOLING_KEY] = text.sentence
+    return result
 
   return jax.jit(encode)
 

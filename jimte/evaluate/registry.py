@@ -21,6 +21,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from data_pipeline.input import study_filter
+from jimte import multihost
 from jimte.evaluate import attention_png, encode, retrieval
 
 log = logging.getLogger("jimte.evaluate")
@@ -60,16 +62,38 @@ class Evaluator(abc.ABC):
     """Whether it runs during training after `step` updates."""
     return self.every_steps > 0 and step % self.every_steps == 0
 
+  def input_split(self, data) -> str:
+    """The name in `data.sources` of what it encodes: its split, or a restriction of it that it
+    registered there. Every process calls it at the same point (it may broadcast)."""
+    return self.split
+
   @abc.abstractmethod
   def __call__(self, encoded: Mapping[str, np.ndarray], *, data, workdir: str) -> dict[str, float]:
     """The results on the encoded split (`encode.encode_split`), as {metric: value}."""
 
 
 class RetrievalEvaluator(Evaluator):
-  """Recall@K in both directions for each score kind (`jimte.evaluate.retrieval`), with chance."""
+  """Recall@K in both directions for each score kind (`jimte.evaluate.retrieval`), with chance, on
+  the whole split and averaged over pools of `pool_size` candidates.
+
+  Settings: `pool_size`, `num_pools`, `pool_sampling` ("blocks": consecutive blocks in split
+  order, the original's; "random": seeded draws, `pool_seed`); `identical_texts_match`: a report
+  identical to the true one counts as a hit (read once from the split); `one_image_per_study`:
+  score one frontal image per study (`data_pipeline.input.study_filter`), reporting how many
+  images were dropped.
+  """
 
   TYPE = "retrieval"
-  SETTINGS = {"ks": (1, 5, 10), "scores": retrieval.SCORES}
+  SETTINGS = {
+    "ks": (1, 5, 10),
+    "scores": retrieval.SCORES,
+    "pool_size": 1000,
+    "num_pools": 3,
+    "pool_sampling": "blocks",
+    "pool_seed": 0,
+    "identical_texts_match": True,
+    "one_image_per_study": False,
+  }
 
   def __init__(self, name, entry, config):
     super().__init__(name, entry, config)
@@ -78,29 +102,115 @@ class RetrievalEvaluator(Evaluator):
       raise ValueError(
         f"{self.key}.scores: unknown score(s) {unknown}; known: {', '.join(retrieval.SCORES)}"
       )
+    for key in ("pool_size", "num_pools", "pool_seed"):
+      value = self.settings[key]
+      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{self.key}.{key}: {value!r} is not an integer >= 0")
+    if self.settings["pool_sampling"] not in retrieval.POOL_SAMPLINGS:
+      raise ValueError(
+        f"{self.key}.pool_sampling: {self.settings['pool_sampling']!r} is not one of "
+        f"{', '.join(retrieval.POOL_SAMPLINGS)}"
+      )
+    for key in ("identical_texts_match", "one_image_per_study"):
+      if not isinstance(self.settings[key], bool):
+        raise ValueError(f"{self.key}.{key}: {self.settings[key]!r} is not True or False")
     self.ks = tuple(int(k) for k in self.settings["ks"])
     self.scores = tuple(self.settings["scores"])
     self.gammas = {g: float(config.loss[g]) for g in ("gamma1", "gamma2", "gamma3")}
+    self._metadata: study_filter.StudyMetadata | None = None
+    self._input_split: str | None = None
+    self._filter_results: dict[str, float] = {}
+
+  def metadata(self, data) -> study_filter.StudyMetadata:
+    """Ids, reports and views of the whole split, read once per run."""
+    if self._metadata is None:
+      self._metadata = study_filter.read_study_metadata(data.sources[self.split])
+    return self._metadata
+
+  def input_split(self, data) -> str:
+    if not self.settings["one_image_per_study"]:
+      return self.split
+    if self._input_split is None:
+      selection = study_filter.one_frontal_per_study(self.metadata(data))
+      # The kept set decides how many evaluation batches every process runs: process 0's.
+      kept = multihost.from_process_0([int(i) for i in selection.indices])
+      name = f"{self.split}[one_image_per_study]"
+      if name not in data.sources:
+        base = data.sources[self.split]
+        data.sources[name] = study_filter.SubsetSource(
+          base, kept, name=f"{base.name}{name[len(self.split) :]}"
+        )
+      self._input_split = name
+      self._filter_results = {
+        "one_image_per_study/num_images": float(selection.num_examples),
+        "one_image_per_study/dropped_same_study": float(selection.dropped_same_study),
+        "one_image_per_study/dropped_not_frontal": float(selection.dropped_not_frontal),
+        "one_image_per_study/studies_without_frontal": float(selection.studies_without_frontal),
+      }
+    return self._input_split
 
   def __call__(self, encoded, *, data, workdir) -> dict[str, float]:
-    results = retrieval.evaluate(encoded, ks=self.ks, scores=self.scores, **self.gammas)
-    lines = [
-      f"{self.name}: retrieval on {int(results['num_pairs'])} held-out pairs of {self.split!r} "
-      "(chance R@K = K/N):"
-    ]
-    for score in self.scores:
-      for direction in ("i2t", "t2i"):
-        row = "  ".join(
-          f"R@{k} {100 * results[f'{score}/{direction}_R@{k}']:5.1f}%" for k in self.ks
-        )
-        lines.append(f"  {score:8s} {direction}: {row}")
-    lines.append(
-      "  chance      : "
-      + "  ".join(f"R@{k} {100 * results[f'chance_R@{k}']:5.1f}%" for k in self.ks)
+    texts = None
+    if self.settings["identical_texts_match"]:
+      meta = self.metadata(data)
+      if not np.isin(encoded["index"], meta.index).all():
+        raise ValueError(f"{self.key}: encoded examples missing from split {self.split!r}")
+      rows = np.searchsorted(meta.index, encoded["index"])
+      texts = meta.text[rows]
+    s = self.settings
+    results = retrieval.evaluate(
+      encoded,
+      ks=self.ks,
+      scores=self.scores,
+      texts=texts,
+      pool_size=s["pool_size"],
+      num_pools=s["num_pools"],
+      pool_sampling=s["pool_sampling"],
+      pool_seed=s["pool_seed"],
+      **self.gammas,
     )
+    results.update(self._filter_results)
     if jax.process_index() == 0:
-      print("\n".join(lines), flush=True)
+      print(self._summary(results), flush=True)
     return results
+
+  def _summary(self, results: Mapping[str, float]) -> str:
+    """The printed table: whole pool, then the pool average, then chance."""
+    num_pairs = int(results["num_pairs"])
+    pool = f"pool{self.settings['pool_size']}"
+    num_pools = int(results.get(f"{pool}/num_pools", 0))
+    ties = (
+      f"; identical reports match ({int(results['pairs_sharing_their_text'])} pairs share theirs)"
+      if "pairs_sharing_their_text" in results
+      else ""
+    )
+    lines = [f"{self.name}: retrieval on {num_pairs} held-out pairs of {self.split!r}{ties}:"]
+    if self._filter_results:
+      f = {k.split("/")[1]: int(v) for k, v in self._filter_results.items()}
+      lines.append(
+        f"  one frontal image per study: {f['num_images']} images, dropped "
+        f"{f['dropped_same_study']} of studies already scored, {f['dropped_not_frontal']} not "
+        f"frontal ({f['studies_without_frontal']} studies without a frontal image)"
+      )
+    blocks = [("", f"all {num_pairs}", "chance_R@")]
+    if num_pools:
+      how = "blocks" if self.settings["pool_sampling"] == "blocks" else "random draws"
+      blocks.append(
+        (f"{pool}/", f"{num_pools} x {self.settings['pool_size']} ({how})", f"{pool}/chance_R@")
+      )
+    for prefix, label, chance in blocks:
+      lines.append(f"  pool: {label}")
+      for score in self.scores:
+        for direction in ("i2t", "t2i"):
+          row = "  ".join(
+            f"R@{k} {100 * results[f'{score}/{prefix}{direction}_R@{k}']:5.1f}%" for k in self.ks
+          )
+          lines.append(f"    {score:20s} {direction}: {row}")
+      lines.append(
+        f"    {'chance':20s}    : "
+        + "  ".join(f"R@{k} {100 * results[f'{chance}{k}']:5.1f}%" for k in self.ks)
+      )
+    return "\n".join(lines)
 
 
 class AttentionPngEvaluator(Evaluator):
@@ -175,14 +285,15 @@ class EvalRunner:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     encoded: dict[str, dict[str, np.ndarray]] = {}
     results: dict[str, float] = {}
+    inputs = {id(e): e.input_split(self._data) for e in evaluators}
     for evaluator in evaluators:
-      split = evaluator.split
+      split = inputs[id(evaluator)]
       if split not in encoded:
         encoded[split] = encode.encode_split(
           self._encode,
           variables,
           self._data.eval_batches(self._mesh, split),
-          keep_images=max(e.keep_images for e in evaluators if e.split == split),
+          keep_images=max(e.keep_images for e in evaluators if inputs[id(e)] == split),
         )
       out = evaluator(encoded[split], data=self._data, workdir=self._workdir)
       results.update({f"eval/{evaluator.name}/{k}": v for k, v in out.items()})

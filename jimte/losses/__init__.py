@@ -17,7 +17,7 @@ from jimte.losses.negatives import (
   split_negatives,
 )
 from jimte.losses.numerics import COSINE_EPS, cosine_matrix
-from jimte.losses.objective import LOCAL_PAIRS, itm_objective
+from jimte.losses.objective import LOCAL_PAIRS, WORD_TRIPLET_LENGTHS, itm_objective
 from jimte.losses.region_word import (
   EMPTY_TEXT_SCORE,
   auto_text_block,
@@ -45,6 +45,7 @@ __all__ = [
   "TERMS",
   "TERM_NAMES",
   "WORD_TERMS",
+  "WORD_TRIPLET_LENGTHS",
   "Term",
   "auto_text_block",
   "ce_from_scores",

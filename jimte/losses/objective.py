@@ -23,14 +23,17 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jimte import sharding
-from jimte.losses.matching import cross_entropy, same_study_others, triplet
+from jimte.losses.matching import cross_entropy, pick, same_study_others, triplet
 from jimte.losses.negatives import mine_hardest, split_negatives
 from jimte.losses.numerics import cosine_matrix, stats_dtype
-from jimte.losses.region_word import region_word_scores
+from jimte.losses.region_word import pair_region_word_scores, region_word_scores
 from jimte.losses.table import DEFAULT_WEIGHTS, TERM_NAMES, resolve_weights, term_names
 
 # How the word level pairs images with texts (see `itm_objective`).
 LOCAL_PAIRS = ("global", "device", "global_gather")
+# Whose word count scores an image against its negative text in the word triplet (i2t): the
+# negative's own ("own", losses.md) or the anchor's ("anchor", the original release's code).
+WORD_TRIPLET_LENGTHS = ("own", "anchor")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,6 +147,43 @@ def _columns(rows: jax.Array, axes: tuple[str, ...]) -> jax.Array:
   return jax.lax.all_to_all(rows, axes, split_axis=1, concat_axis=0, tiled=True)
 
 
+def _ring_fetch(x: jax.Array, index: jax.Array, *, axes: tuple[str, ...], d: int) -> jax.Array:
+  """Rows `index` [m] (global batch indices) of the globally sharded `x` [n, ...], wherever they
+  live: `x`'s blocks go once round the ring and each device keeps the rows it asked for.
+
+  Memory per device stays that of one block (no gathered batch); plain autodiff sends each row's
+  cotangent back round the ring to its owner.
+  """
+  n = x.shape[0]
+  owner, row = index // n, index % n
+  me = jax.lax.axis_index(axes)
+  expand = lambda hit: hit.reshape(hit.shape + (1,) * (x.ndim - 1))
+
+  def step(k, carry):
+    block, out = carry
+    out = jnp.where(expand(owner == (me + k) % d), jnp.take(block, row, axis=0), out)
+    return _shift_from_next(block, axes=axes, d=d), out
+
+  out = jax.lax.pcast(jnp.zeros(index.shape + x.shape[1:], x.dtype), axes, to="varying")
+  return jax.lax.fori_loop(0, d, step, (x, out))[1]
+
+
+def _anchor_length_scores(
+  regions: jax.Array,
+  negative_words: jax.Array,
+  word_mask: jax.Array,
+  valid: jax.Array,
+  *,
+  gamma1: float,
+  gamma2: float,
+) -> jax.Array:
+  """Z of each own image against its negative text's words under the image's own pair's word mask
+  (the original's quirk: the anchor's word count, whatever the negative's length); NaN where not
+  `valid` (`local_pairs='device'` with an off-device negative)."""
+  scores = pair_region_word_scores(regions, negative_words, word_mask, gamma1, gamma2)
+  return jnp.where(valid, scores, jnp.nan)
+
+
 # --------------------------------------------------------------------------------------------------
 # The terms of one level, and the objective.
 # --------------------------------------------------------------------------------------------------
@@ -160,6 +200,7 @@ def _level_sums(
   margin: float,
   want_ce: bool,
   want_triplet: bool,
+  negative_text_scores: Callable[[jax.Array], jax.Array] | None = None,
 ) -> dict[str, jax.Array]:
   """Sums over this device's anchors of the four per-anchor losses of one level (sentence or word).
 
@@ -168,8 +209,9 @@ def _level_sums(
   study = (study ids of the own pairs [n], of the candidates [C]) to mask other pairs of the same
   study, or None. negatives: (text index per own image [n], image index per own text [n]) in
   candidate indices, or 'hardest' to mine them here (max score, excluding the pair itself and its
-  study). Returns sums keyed 'ce_i2t', 'ce_t2i', 'triplet_i2t', 'triplet_t2i' for the terms
-  requested.
+  study). `negative_text_scores(neg_txt) -> [n]`, when given, scores each own image against its
+  negative text in the i2t triplet instead of `rows` (the word triplet's anchor-length quirk).
+  Returns sums keyed 'ce_i2t', 'ce_t2i', 'triplet_i2t', 'triplet_t2i' for the terms requested.
   """
   excluded_rows = None if study is None else same_study_others(study[0], study[1], own)  # [n, C]
   excluded_cols = None if excluded_rows is None else excluded_rows.T  # [C, n]
@@ -183,7 +225,11 @@ def _level_sums(
       neg_img = mine_hardest(cols, own, excluded_cols, axis=0)
     else:
       neg_txt, neg_img = negatives
-    out["triplet_i2t"] = jnp.sum(triplet(rows, own, neg_txt, margin, axis=1))
+    if negative_text_scores is None:
+      out["triplet_i2t"] = jnp.sum(triplet(rows, own, neg_txt, margin, axis=1))
+    else:
+      positive = pick(rows, own, axis=1)
+      out["triplet_i2t"] = jnp.sum(jax.nn.relu(negative_text_scores(neg_txt) - positive + margin))
     out["triplet_t2i"] = jnp.sum(triplet(cols, own, neg_img, margin, axis=0))
   return out
 
@@ -199,6 +245,7 @@ def itm_objective(
   word_margin: float = 0.5,
   local_pairs: str = "global",
   text_block: int | None = None,
+  word_triplet_length: str = "own",
   axis_names: Sequence[str] = sharding.BATCH_AXES,
 ) -> Callable[..., tuple[jax.Array, dict]]:
   """L_ITM of losses.md over a global batch split on the mesh's data axes, as one `shard_map`.
@@ -229,9 +276,20 @@ def itm_objective(
     yields NaN.
   - 'global_gather': like 'global' but the texts are all-gathered and scored in one call: memory per
     device grows with d. A baseline.
+
+  `word_triplet_length` chooses whose words count when the word triplet (i2t) scores image i
+  against its negative text n(i): 'own' (losses.md) uses the negative's own word mask, i.e.
+  Z(i, n(i)); 'anchor' reproduces the original release, which reads the first n_i words of text
+  n(i) (n_i: text i's word count; padding positions included when text n(i) is shorter). The
+  negative's words come round the ring (`_ring_fetch`; from the device itself in 'device' mode).
+  The t2i triplet scores text i with its own words either way.
   """
   if local_pairs not in LOCAL_PAIRS:
     raise ValueError(f"local_pairs must be one of {LOCAL_PAIRS}, got {local_pairs!r}")
+  if word_triplet_length not in WORD_TRIPLET_LENGTHS:
+    raise ValueError(
+      f"word_triplet_length must be one of {WORD_TRIPLET_LENGTHS}, got {word_triplet_length!r}"
+    )
   weights = resolve_weights(weights)
   active = {name for name, weight in weights.items() if weight != 0.0}
   axes = sharding.mesh_batch_axes(mesh, axis_names)
@@ -287,6 +345,17 @@ def itm_objective(
           rows = _gathered_word_scores(regions, words, mask, **kwargs)
         cols, own = _columns(rows, axes), own_global
         level_study = None if study is None else (study, all_study)
+      negative_text_scores = None
+      if word_triplet_length == "anchor" and want("word", "triplet"):
+        if local_pairs == "device":  # negatives are this device's indices (off-device: NaN)
+          fetch = lambda idx: jnp.take(words, jnp.clip(idx, 0, n - 1), axis=0)
+          valid = lambda idx: (idx >= 0) & (idx < n)
+        else:
+          fetch = lambda idx: _ring_fetch(words, idx, axes=axes, d=d)
+          valid = lambda idx: jnp.ones(idx.shape, bool)
+        negative_text_scores = lambda idx: _anchor_length_scores(
+          regions, fetch(idx), mask, valid(idx), gamma1=gamma1, gamma2=gamma2
+        )
       level = _level_sums(
         rows,
         cols,
@@ -297,6 +366,7 @@ def itm_objective(
         margin=word_margin,
         want_ce=want("word", "ce"),
         want_triplet=want("word", "triplet"),
+        negative_text_scores=negative_text_scores,
       )
       sums.update({f"word_{key}": value for key, value in level.items()})
 

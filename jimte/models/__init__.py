@@ -1,6 +1,13 @@
 """JoImTeRNet models: the ResNet image tower, the BERT-style text tower and the joint model."""
 
-from jimte.models.image import ImageOutput, JoImTeRNetResNet, adaptive_avg_pool
+from jimte.models.image import (
+  ATTENTION_BLOCKS,
+  ImageOutput,
+  JoImTeRNetResNet,
+  SigmoidGateAttention,
+  SpatialSoftmaxAttention,
+  adaptive_avg_pool,
+)
 from jimte.models.joimternet import (
   IMAGE_TOWERS,
   TEXT_TOWERS,
@@ -12,10 +19,13 @@ from jimte.models.joimternet import (
   paper_model_config,
   small_model_config,
 )
-from jimte.models.text import PAD_ID, BertTextEncoder, TextOutput
+from jimte.models.text import MASK_ID, MLM_HEADS, PAD_ID, BertTextEncoder, TextOutput
 
 __all__ = [
+  "ATTENTION_BLOCKS",
   "IMAGE_TOWERS",
+  "MASK_ID",
+  "MLM_HEADS",
   "TEXT_TOWERS",
   "PAD_ID",
   "BertTextEncoder",
@@ -23,6 +33,8 @@ __all__ = [
   "JoImTeRNet",
   "JoImTeRNetResNet",
   "JointOutput",
+  "SigmoidGateAttention",
+  "SpatialSoftmaxAttention",
   "TextOutput",
   "adaptive_avg_pool",
   "build_model",

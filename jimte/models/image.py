@@ -2,13 +2,14 @@
 
 Layout (paper sizes in brackets, for a 2048 px input):
 
-* stem: 7x7 conv, stride 4, BatchNorm, ReLU                  [2048 -> 512 px, 16 channels]
+* stem: 7x7 conv, stride 4, BatchNorm, ReLU                  [2048 -> 512 px, 8 channels]
 * stages: two BasicBlocks each; every stage's first block halves the grid (the first stage only
   when `first_stage_stride` is 2), with a 1x1 projection shortcut when the shape changes
                                                               [widths 16 .. 512, 512 -> 8 px]
-* soft spatial attention after chosen stages: `x * (1 + m)`, m in [0, 1]
-                                                              [after the 128 and 256 stages]
-* region head: 1x1 conv to `embed_dim` on the region stage  [16 x 16 regions of dim 512]
+* soft spatial attention after chosen stages: the original's `x + scale * x * m`, m a sum of
+  per-head softmaxes over space (`attention="original"`), or a sigmoid gate `x * (1 + m)`,
+  m in [0, 1] (`attention="sigmoid_gate"`)            [original, after the 128 and 256 stages]
+* region head: 1x1 conv to `embed_dim` on the region stage  [16 x 16 regions of dim 512, no bias]
 * global head: adaptive average pool of the last stage to 2x2, flatten, Dense to `embed_dim`
 
 The region grid is `S / (4 * 2**k)` for an S-pixel input, k the number of halving stages up to
@@ -41,7 +42,9 @@ class ImageOutput:
   Attributes:
       global_emb: [B, D] float32 global image embedding.
       regions: [B, H, W, D] float32 region features on the region stage's grid.
-      attention_maps: name ("stage<i>") -> [B, h, w] float32 soft-attention map in [0, 1].
+      attention_maps: name ("stage<i>") -> [B, h, w] float32 soft-attention map: for
+          "original" attention the sum of the heads' spatial softmaxes (it sums to the number of
+          heads over the grid), for "sigmoid_gate" a gate in [0, 1].
   """
 
   global_emb: jax.Array
@@ -115,13 +118,67 @@ class BasicBlock(nn.Module):
     return nn.relu(y + shortcut)
 
 
-class SoftAttention(nn.Module):
+def torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
+  """PyTorch's default bias initialisation for a layer with `fan_in` inputs: U(-1/sqrt, 1/sqrt)."""
+  bound = 1.0 / fan_in**0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+# PyTorch's default weight initialisation (Kaiming uniform, a = sqrt(5)): U(-1/sqrt(fan_in), ...).
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+class SpatialSoftmaxAttention(nn.Module):
+  """The original JoImTeRNet soft attention: returns `(x + scale * x * m, m)`.
+
+  Each of `num_heads` heads is a 1x1 projection of all C channels to one logit per position (the
+  original writes it as a Conv3d of kernel and stride (C, 1, 1) over the channel axis), with a
+  bias and a LeakyReLU (slope 0.01); a softmax over the H * W positions turns each head into a
+  spatial distribution, and the map m is the sum of the heads' distributions (so m sums to
+  `num_heads` over space). Every channel is re-weighted by the same map, scaled by a learnable
+  scalar. Initialised as the original: PyTorch's default uniform weights and bias for the
+  projection, and the scale drawn from U[0, 1) (`scale_init=None`) or set to `scale_init`
+  (0.0 makes the block the identity at initialisation).
+  """
+
+  num_heads: int = 16
+  scale_init: float | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    del train  # no BatchNorm or dropout in this block
+    batch, height, width, channels = x.shape
+    if self.scale_init is None:
+      scale_init = nn.initializers.uniform(1.0)
+    else:
+      scale_init = nn.initializers.constant(self.scale_init)
+    scale = self.param("scale", scale_init, (1,), self.param_dtype)
+    logits = nn.Dense(
+      self.num_heads,
+      kernel_init=torch_default_kernel_init,
+      bias_init=torch_default_bias_init(channels),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="heads",
+    )(x)
+    logits = nn.leaky_relu(logits.astype(jnp.float32), negative_slope=0.01)
+    per_head = jax.nn.softmax(logits.reshape(batch, height * width, self.num_heads), axis=1)
+    attention_map = jnp.sum(per_head, axis=-1).reshape(batch, height, width)  # float32
+    importance = x * attention_map[..., None].astype(x.dtype)
+    out = x + importance * scale.astype(x.dtype)
+    return out, attention_map
+
+
+class SigmoidGateAttention(nn.Module):
   """Soft spatial attention, residual-attention style: returns `(x * (1 + m), m)`.
 
   The mask branch max-pools by 2 (a wider receptive field than the trunk's), applies a 3x3 conv
   with BatchNorm and ReLU, then a 1x1 conv to one channel; the logits are resized bilinearly back
   to the trunk's grid and squashed by a sigmoid, so m lies in [0, 1] and `1 + m` can emphasise
-  trunk features but never erase them.
+  trunk features but never erase them. Not the original's block (`SpatialSoftmaxAttention`); the
+  built-in default config keeps it.
   """
 
   hidden_features: int
@@ -158,13 +215,17 @@ class SoftAttention(nn.Module):
     return out, attention_map
 
 
+# The soft-attention blocks by config name (`model.image.attention`).
+ATTENTION_BLOCKS = ("original", "sigmoid_gate")
+
+
 class JoImTeRNetResNet(nn.Module):
   """The JoImTeRNet ResNet: region features on an intermediate grid plus a global embedding.
 
   Attributes:
       embed_dim: dimension D of the region features and of the global embedding.
       widths: channels of each stage (paper: 16, 32, 64, 128, 256, 512).
-      stem_width: channels of the 7x7 stride-4 stem (None: `widths[0]`).
+      stem_width: channels of the 7x7 stride-4 stem (None: `widths[0]`; paper: 8).
       blocks_per_stage: BasicBlocks per stage (paper: 2).
       first_stage_stride: stride of the first stage's first block (paper: 2); the first block of
           every later stage always has stride 2.
@@ -172,7 +233,13 @@ class JoImTeRNetResNet(nn.Module):
           the end (paper: -3 and -2, the 128 and 256 stages).
       region_stage: stage index whose (attended) output gives the region grid (paper: -2).
       global_pool_size: side of the adaptive pooling before the global Dense (paper: 2).
-      attention_hidden: channels of the attention mask branch (None: stage width // 4, >= 8).
+      attention: soft-attention block, one of `ATTENTION_BLOCKS`: "original" (the release's
+          `SpatialSoftmaxAttention`, paper) or "sigmoid_gate" (`SigmoidGateAttention`).
+      attention_heads: heads of the "original" block (paper: 16).
+      attention_scale_init: initial scale of the "original" block (None: U[0, 1), as the
+          original's `torch.rand(1)`).
+      attention_hidden: channels of the sigmoid gate's mask branch (None: stage width // 4, >= 8).
+      region_head_bias: whether the region head's 1x1 conv has a bias (paper: False).
       bn_momentum: BatchNorm running-average momentum (0.9 equals PyTorch's momentum=0.1).
       dtype: compute dtype (e.g. bfloat16); parameters stay in `param_dtype`.
       param_dtype: parameter dtype (float32).
@@ -187,7 +254,11 @@ class JoImTeRNetResNet(nn.Module):
   attention_stages: Sequence[int] = (-3, -2)
   region_stage: int = -2
   global_pool_size: int = 2
+  attention: str = "original"
+  attention_heads: int = 16
+  attention_scale_init: float | None = None
   attention_hidden: int | None = None
+  region_head_bias: bool = False
   bn_momentum: float = 0.9
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -200,6 +271,24 @@ class JoImTeRNetResNet(nn.Module):
       raise ValueError(f"stage index {index} out of range for {num_stages} stages")
     return index % num_stages
 
+  def _attention_block(self, width: int, name: str) -> nn.Module:
+    """The configured soft-attention block for a stage of `width` channels."""
+    if self.attention == "original":
+      return SpatialSoftmaxAttention(
+        self.attention_heads,
+        scale_init=self.attention_scale_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=name,
+      )
+    return SigmoidGateAttention(
+      self.attention_hidden or max(width // 4, 8),
+      bn_momentum=self.bn_momentum,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
+
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> ImageOutput:
     """Encodes images [B, S, S, 1] (float, in [-1, 1]) into an `ImageOutput`."""
@@ -209,6 +298,8 @@ class JoImTeRNetResNet(nn.Module):
       raise ValueError(f"first_stage_stride must be 1 or 2, got {self.first_stage_stride}")
     if self.blocks_per_stage < 1:
       raise ValueError(f"blocks_per_stage must be >= 1, got {self.blocks_per_stage}")
+    if self.attention not in ATTENTION_BLOCKS:
+      raise ValueError(f"attention must be one of {ATTENTION_BLOCKS}, got {self.attention!r}")
     attention_stages = {self._stage_index(i) for i in self.attention_stages}
     region_stage = self._stage_index(self.region_stage)
 
@@ -251,18 +342,16 @@ class JoImTeRNetResNet(nn.Module):
           name=f"stage{stage}_block{block}",
         )(x, train)
       if stage in attention_stages:
-        hidden = self.attention_hidden or max(width // 4, 8)
-        x, attention_map = SoftAttention(
-          hidden,
-          bn_momentum=self.bn_momentum,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=f"stage{stage}_attention",
-        )(x, train)
+        x, attention_map = self._attention_block(width, f"stage{stage}_attention")(x, train)
         attention_maps[f"stage{stage}"] = attention_map
       if stage == region_stage:
         regions = nn.Conv(
-          self.embed_dim, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype, name="region_head"
+          self.embed_dim,
+          (1, 1),
+          use_bias=self.region_head_bias,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name="region_head",
         )(x)
 
     pooled = adaptive_avg_pool(x, self.global_pool_size)

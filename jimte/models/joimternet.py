@@ -8,16 +8,26 @@ Model config (an `ml_collections.ConfigDict`; see `paper_model_config` and
   remat               bool   recompute image blocks / text layers in the backward pass
   image.name          str    image tower in `IMAGE_TOWERS` ("joimternet_resnet")
   image.widths        tuple  channels per stage (paper: 16, 32, 64, 128, 256, 512)
-  image.stem_width    int    channels of the 7x7 stride-4 stem (paper: 16)
+  image.stem_width    int    channels of the 7x7 stride-4 stem (paper: 8)
   image.blocks_per_stage int BasicBlocks per stage (paper: 2)
   image.first_stage_stride int  1 or 2 (paper: 2)
   image.attention_stages tuple  stage indices followed by soft attention, negatives from the end
   image.region_stage  int    stage whose grid gives the regions (paper: -2 -> S / 128 regions)
   image.global_pool_size int side of the adaptive pool before the global head (paper: 2)
+  image.attention     str    soft-attention block: "original" (paper: 16 heads, softmax over space,
+                             `x + scale * x * m`) or "sigmoid_gate" (`x * (1 + m)`)
+  image.attention_heads int  heads of the original block (paper: 16)
+  image.attention_scale_init float or None  initial scale (None: U[0, 1), as the original)
+  image.attention_hidden int or None  mask-branch channels of the sigmoid gate
+  image.region_head_bias bool  bias in the region head's 1x1 conv (paper: False)
   image.bn_momentum   float  BatchNorm running-average momentum (0.9 = PyTorch momentum 0.1)
   text.name           str    text tower in `TEXT_TOWERS` ("bert")
   text.vocab_size     int    must equal the SentencePiece model's vocabulary size
   text.max_len        int    longest token sequence (paper: 160)
+  text.position_table_size int or None  rows of the position table (paper: 512; None: max_len)
+  text.num_token_types int   rows of BERT's token-type table (paper: 2; 0: none)
+  text.layer_norm_epsilon float  (paper: 1e-12, BERT's)
+  text.mlm_head       str    "untied" (paper: V - 1 outputs, no [MASK]) or "tied" (embedding.T)
   text.num_layers, text.num_heads, text.width, text.mlp_dim   Transformer shape (paper 3/8/512/2048)
   text.dropout, text.attention_dropout   float   dropout rates (paper 0.1)
   text.sentence_pooling str  "first" (paper) or "mean" (masked mean over the alignment words)
@@ -71,12 +81,18 @@ class JoImTeRNet(nn.Module):
 
   Attributes:
       image: image tower, called as `image(images, train) -> ImageOutput`.
-      text: text tower, called as `text(tokens, train) -> TextOutput` and with a method
-          `mlm_logits(tokens, train) -> [B, L, V]`.
+      text: text tower, called as `text(tokens, train) -> TextOutput`, with a method
+          `mlm_logits(tokens, train) -> [B, L, C]` and an attribute `mlm_excluded_id` (the
+          token id without an MLM class, so C = V - 1, or None and C = V).
   """
 
   image: nn.Module
   text: nn.Module
+
+  @property
+  def mlm_excluded_id(self) -> int | None:
+    """The token id the MLM logits have no column for (pass it to `losses.mlm_loss`), or None."""
+    return self.text.mlm_excluded_id
 
   def encode_image(self, images: jax.Array, train: bool) -> ImageOutput:
     """Images float32 [B, S, S, 1] in [-1, 1] -> global embedding, regions, attention maps."""
@@ -87,7 +103,8 @@ class JoImTeRNet(nn.Module):
     return self.text(tokens, train)
 
   def mlm_logits(self, tokens: jax.Array, train: bool) -> jax.Array:
-    """Masked tokens int32 [B, L] -> float32 MLM logits [B, L, V] (text tower only)."""
+    """Masked tokens int32 [B, L] -> float32 MLM logits [B, L, C] (text tower only): C = V - 1
+    without a column for `mlm_excluded_id`, or V when that is None."""
     return self.text.mlm_logits(tokens, train)
 
   def __call__(self, images: jax.Array, tokens: jax.Array, train: bool) -> JointOutput:
@@ -120,7 +137,11 @@ def _build_joimternet_resnet(
     attention_stages=tuple(config.attention_stages),
     region_stage=config.region_stage,
     global_pool_size=config.get("global_pool_size", 2),
+    attention=config.get("attention", "original"),
+    attention_heads=config.get("attention_heads", 16),
+    attention_scale_init=config.get("attention_scale_init"),
     attention_hidden=config.get("attention_hidden"),
+    region_head_bias=config.get("region_head_bias", False),
     bn_momentum=config.get("bn_momentum", 0.9),
     dtype=dtype,
     remat=remat,
@@ -141,6 +162,10 @@ def _build_bert(
     mlp_dim=config.mlp_dim,
     dropout=config.dropout,
     attention_dropout=config.get("attention_dropout", config.dropout),
+    position_table_size=config.get("position_table_size", 512),
+    num_token_types=config.get("num_token_types", 2),
+    layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-12),
+    mlm_head=config.get("mlm_head", "untied"),
     sentence_pooling=config.get("sentence_pooling", "first"),
     dtype=dtype,
     remat=remat,
@@ -196,8 +221,12 @@ def count_params(params: Any) -> int:
 
 
 def paper_model_config() -> ml_collections.ConfigDict:
-  """The JoImTeRNet paper's sizes: 2048 px input -> 16x16 regions of dim 512; 3-layer BERT.
+  """The original release's towers: 2048 px input -> 16x16 regions of dim 512; 3-layer BERT.
 
+  Layer for layer the original's (`JoImTeR/model_img.py`, `model_txt.py`): an 8-channel stem, its
+  16-head soft attention, a bias-free region head; BERT's position and token-type tables and
+  LayerNorm epsilon, and the untied V - 1 MLM head. At the original's vocabulary (8,411 ids) the
+  towers have its parameter counts exactly (`benchmarks/param_counts.py`).
   `text.vocab_size` must be set to the tokenizer's vocabulary size.
   """
   return ml_collections.ConfigDict(
@@ -208,12 +237,17 @@ def paper_model_config() -> ml_collections.ConfigDict:
       image=dict(
         name="joimternet_resnet",
         widths=(16, 32, 64, 128, 256, 512),
-        stem_width=16,
+        stem_width=8,
         blocks_per_stage=2,
         first_stage_stride=2,
         attention_stages=(-3, -2),
         region_stage=-2,
         global_pool_size=2,
+        attention="original",
+        attention_heads=16,
+        attention_scale_init=None,
+        attention_hidden=None,
+        region_head_bias=False,
         bn_momentum=0.9,
       ),
       text=dict(
@@ -226,6 +260,10 @@ def paper_model_config() -> ml_collections.ConfigDict:
         mlp_dim=2048,
         dropout=0.1,
         attention_dropout=0.1,
+        position_table_size=512,
+        num_token_types=2,
+        layer_norm_epsilon=1e-12,
+        mlm_head="untied",
         sentence_pooling="first",
       ),
     )
@@ -235,9 +273,18 @@ def paper_model_config() -> ml_collections.ConfigDict:
 def small_model_config() -> ml_collections.ConfigDict:
   """A CPU-sized model: 128 px input -> 8x8 regions of dim 128; 2-layer, width-128 text encoder.
 
+  Keeps the blocks the built-in demo was measured with (README), not the original's: the sigmoid
+  gate attention, a region head with bias, a 16-channel stem, a tied MLM head, a position table of
+  `max_len` rows, no token-type table, LayerNorm epsilon 1e-6 (docs/fidelity.md).
   `text.vocab_size` must be set to the tokenizer's vocabulary size.
   """
   config = paper_model_config()
+  config.image.attention = "sigmoid_gate"
+  config.image.region_head_bias = True
+  config.text.position_table_size = None
+  config.text.num_token_types = 0
+  config.text.layer_norm_epsilon = 1e-6
+  config.text.mlm_head = "tied"
   config.embed_dim = 128
   config.image.widths = (16, 32, 64, 128)
   config.image.stem_width = 16

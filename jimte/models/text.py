@@ -7,8 +7,13 @@ valid positions do not depend on how much padding follows them. Heads:
 
 * word head: Dense to `embed_dim` on every position after the first (the alignment words);
 * sentence head: Dense to `embed_dim` on a pooled vector, see `sentence_pooling`;
-* MLM head (BERT style): Dense + GELU + LayerNorm, then the transposed token embedding matrix
-  (tied weights) plus a per-token bias.
+* MLM head (BERT style): Dense + GELU + LayerNorm, then either the original's own output layer
+  with V - 1 outputs, every token id but `[MASK]` (`mlm_head="untied"`, paper), or the transposed
+  token embedding matrix plus a per-token bias, V outputs (`mlm_head="tied"`).
+
+The paper layout also keeps BERT's 512-row position table and its two-row token-type table
+(row 0 added to every token, as BERT does for all-zero token types), so the tower has the
+original's parameters one for one.
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ import jax.numpy as jnp
 Dtype = Any
 
 PAD_ID = 0
+# The `[MASK]` id of the token layout (docs/contracts.md, `data_pipeline.tokenizer.MASK_ID`): the
+# one id an MLM target never is, so the untied head leaves it out.
+MASK_ID = 4
 SENTENCE_POOLINGS = ("first", "mean")
+MLM_HEADS = ("tied", "untied")
 
 # BERT's initialisation: truncated normal with standard deviation 0.02.
 bert_init = nn.initializers.truncated_normal(0.02)
@@ -58,6 +67,7 @@ class TransformerLayer(nn.Module):
   mlp_dim: int
   dropout: float = 0.1
   attention_dropout: float = 0.1
+  layer_norm_epsilon: float = 1e-12
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -76,9 +86,12 @@ class TransformerLayer(nn.Module):
       name="attention",
     )(x, x, mask=attention_mask)
     attended = nn.Dropout(self.dropout, deterministic=not train)(attended)
-    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="attention_norm")(
-      x + attended
-    )
+    x = nn.LayerNorm(
+      self.layer_norm_epsilon,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="attention_norm",
+    )(x + attended)
     y = nn.Dense(
       self.mlp_dim,
       kernel_init=bert_init,
@@ -91,19 +104,30 @@ class TransformerLayer(nn.Module):
       width, kernel_init=bert_init, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_out"
     )(y)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_norm")(x + y)
+    return nn.LayerNorm(
+      self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_norm"
+    )(x + y)
 
 
 class BertTextEncoder(nn.Module):
-  """BERT-style text encoder with word, sentence and (tied) MLM heads.
+  """BERT-style text encoder with word, sentence and MLM heads.
 
   Attributes:
       embed_dim: dimension D of the word features and the sentence embedding.
       vocab_size: number of token ids (must match the tokenizer).
-      max_len: longest token sequence L accepted (size of the position table; paper 160).
+      max_len: longest token sequence L accepted (paper 160).
+      position_table_size: rows of the learned position table, >= `max_len` (None: `max_len`;
+          paper 512, BERT's `max_position_embeddings`; rows past `max_len` are never read).
+      num_token_types: rows of BERT's token-type table, whose row 0 is added to every token
+          (paper 2; 0: no table).
       num_layers, num_heads, width, mlp_dim: Transformer shape (paper: 3, 8, 512, 2048).
       dropout: dropout on embeddings, attention output and feed-forward output (paper 0.1).
       attention_dropout: dropout on the attention probabilities.
+      layer_norm_epsilon: epsilon of every LayerNorm (paper 1e-12, BERT's).
+      mlm_head: "untied" (paper): a Dense with V - 1 outputs, class k standing for token id
+          k + (k >= mask_id), i.e. every id but `mask_id`; "tied": the token embedding matrix
+          transposed plus a bias, V outputs.
+      mask_id: the id the untied head leaves out (`MASK_ID`).
       sentence_pooling: "first": the sentence head reads the first token ([BOS], playing [CLS]);
           "mean": it reads the masked mean of the final states over the alignment words, i.e.
           positions 1..L-1 that are not PAD (the first token excluded, [EOS] included), so the
@@ -124,6 +148,11 @@ class BertTextEncoder(nn.Module):
   mlp_dim: int = 2048
   dropout: float = 0.1
   attention_dropout: float = 0.1
+  position_table_size: int | None = 512
+  num_token_types: int = 2
+  layer_norm_epsilon: float = 1e-12
+  mlm_head: str = "untied"
+  mask_id: int = MASK_ID
   sentence_pooling: str = "first"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -136,6 +165,15 @@ class BertTextEncoder(nn.Module):
       )
     if self.width % self.num_heads:
       raise ValueError(f"width {self.width} not divisible by num_heads {self.num_heads}")
+    if self.mlm_head not in MLM_HEADS:
+      raise ValueError(f"mlm_head must be one of {MLM_HEADS}, got {self.mlm_head!r}")
+    if not 0 <= self.mask_id < self.vocab_size:
+      raise ValueError(f"mask_id {self.mask_id} outside the vocabulary of {self.vocab_size}")
+    position_rows = self.position_table_size or self.max_len
+    if position_rows < self.max_len:
+      raise ValueError(f"position_table_size {position_rows} < max_len {self.max_len}")
+    if self.num_token_types < 0:
+      raise ValueError(f"num_token_types must be >= 0, got {self.num_token_types}")
     self.token_embedding = nn.Embed(
       self.vocab_size,
       self.width,
@@ -144,9 +182,15 @@ class BertTextEncoder(nn.Module):
       param_dtype=self.param_dtype,
     )
     self.position_embedding = self.param(
-      "position_embedding", bert_init, (self.max_len, self.width), self.param_dtype
+      "position_embedding", bert_init, (position_rows, self.width), self.param_dtype
     )
-    self.embedding_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.num_token_types:
+      self.token_type_embedding = self.param(
+        "token_type_embedding", bert_init, (self.num_token_types, self.width), self.param_dtype
+      )
+    self.embedding_norm = nn.LayerNorm(
+      self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype
+    )
     self.embedding_dropout = nn.Dropout(self.dropout)
     # For lifted modules static_argnums counts `self` as argument 0: `train` is argument 3.
     layer_cls = nn.remat(TransformerLayer, static_argnums=(3,)) if self.remat else TransformerLayer
@@ -156,6 +200,7 @@ class BertTextEncoder(nn.Module):
         mlp_dim=self.mlp_dim,
         dropout=self.dropout,
         attention_dropout=self.attention_dropout,
+        layer_norm_epsilon=self.layer_norm_epsilon,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         name=f"layer{i}",
@@ -171,10 +216,27 @@ class BertTextEncoder(nn.Module):
     self.mlm_transform = nn.Dense(
       self.width, kernel_init=bert_init, dtype=self.dtype, param_dtype=self.param_dtype
     )
-    self.mlm_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.mlm_bias = self.param(
-      "mlm_bias", nn.initializers.zeros, (self.vocab_size,), self.param_dtype
+    self.mlm_norm = nn.LayerNorm(
+      self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype
     )
+    if self.mlm_head == "untied":
+      self.mlm_decoder = nn.Dense(
+        self.vocab_size - 1, kernel_init=bert_init, dtype=self.dtype, param_dtype=self.param_dtype
+      )
+    else:
+      self.mlm_bias = self.param(
+        "mlm_bias", nn.initializers.zeros, (self.vocab_size,), self.param_dtype
+      )
+
+  @property
+  def mlm_excluded_id(self) -> int | None:
+    """The token id the MLM head has no output for (untied head), or None (tied head)."""
+    return self.mask_id if self.mlm_head == "untied" else None
+
+  @property
+  def num_mlm_classes(self) -> int:
+    """Width of the MLM logits: V - 1 (untied head) or V (tied head)."""
+    return self.vocab_size - 1 if self.mlm_head == "untied" else self.vocab_size
 
   def encode(self, tokens: jax.Array, train: bool) -> jax.Array:
     """Runs the encoder on int tokens [B, L] and returns the final states [B, L, W]."""
@@ -189,6 +251,8 @@ class BertTextEncoder(nn.Module):
     attention_mask = nn.make_attention_mask(jnp.ones_like(valid), valid)
     x = self.token_embedding(tokens)
     x = x + self.position_embedding[None, :length].astype(self.dtype)
+    if self.num_token_types:
+      x = x + self.token_type_embedding[0].astype(self.dtype)  # every token has type 0
     x = self.embedding_norm(x)
     x = self.embedding_dropout(x, deterministic=not train)
     for layer in self.layers:
@@ -196,15 +260,17 @@ class BertTextEncoder(nn.Module):
     return x
 
   def mlm_logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
-    """MLM head on final states [B, L, W]: float32 logits [B, L, V], output tied to the input
-    embedding matrix."""
+    """MLM head on final states [B, L, W]: float32 logits [B, L, `num_mlm_classes`] (the classes
+    are the token ids without `mlm_excluded_id`, in order)."""
     x = exact_gelu(self.mlm_transform(hidden))
     x = self.mlm_norm(x)
+    if self.mlm_head == "untied":
+      return self.mlm_decoder(x).astype(jnp.float32)
     logits = self.token_embedding.attend(x)
     return logits.astype(jnp.float32) + self.mlm_bias.astype(jnp.float32)
 
   def mlm_logits(self, tokens: jax.Array, train: bool) -> jax.Array:
-    """Float32 MLM logits [B, L, V] for (masked) tokens [B, L]."""
+    """Float32 MLM logits [B, L, `num_mlm_classes`] for (masked) tokens [B, L]."""
     return self.mlm_logits_from_hidden(self.encode(tokens, train))
 
   def __call__(self, tokens: jax.Array, train: bool) -> TextOutput:
