@@ -426,8 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 1 if outcome["failed"] else 0
 
 
-if __name__ == "__main__":
+def cli(argv: Sequence[str] | None = None) -> int:
+  """`main`, with a bad sweep reported as one message and exit code 2 (`jimte sweep`)."""
   try:
-    sys.exit(main())
+    return main(argv)
   except SweepError as e:
-    sys.exit(f"error: {e}")
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(cli())

@@ -33,3 +33,26 @@ def source():
   from tests._input_data import toy_source
 
   return toy_source()
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory):
+  """A work dir written by `train.train_and_evaluate` on the tiny config (16 synthetic pairs, 4
+  steps): config.json, tokenizer/, checkpoints/4. Shared by the inference, export, retrieval and
+  classification tests; treat it as read-only."""
+  from jimte import train
+  from tests._tiny import tiny_config
+
+  workdir = tmp_path_factory.mktemp("trained_workdir")
+  c = tiny_config(
+    **{
+      "data.num_train": 16,
+      "data.num_eval": 8,
+      "evals.retrieval.pool_size": 8,
+      "evals.retrieval.scores": ("global",),
+      "total_steps": 4,
+      "checkpoint_every_steps": 1000,
+    }
+  )
+  train.train_and_evaluate(c, str(workdir), progress=False)
+  return str(workdir)

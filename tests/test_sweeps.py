@@ -227,3 +227,14 @@ def test_pod_launches_are_tpu_pod_runs_of_jimte_main(tmp_path, capsys):
   assert "jimte.main" in remote[-1] and "--config.loss.weights.word_ce_i2t=0.0" in remote[-1]
   with pytest.raises(sweep.SweepError, match="gs://"):
     sweep.main(["pod", path, "--name", "n", "--zone", "z", "--root", str(tmp_path)])
+
+
+def test_jimte_sweep_subcommand_prints_runs_and_reports_bad_sweeps(tmp_path, capsys):
+  from jimte import cli
+
+  path = str(REPO / "configs" / "sweeps" / "objectives.py")
+  assert cli.main(["sweep", "print", path, "--root", str(tmp_path), "--only", "+mlm"]) == 0
+  out = capsys.readouterr().out
+  assert out.count("# +mlm seed") == 3 and "--config.loss.mixture=True" in out
+  assert cli.main(["sweep", "run", str(tmp_path / "absent.py")]) == 2
+  assert "no sweep file" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Prompt sets for zero-shot classification (configs as code: `get_config()` -> ConfigDict)."""
