@@ -6,6 +6,8 @@ is the text after a colon in `--config=configs/file.py:arg`, parsed by `parse_ar
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from jimte.losses import DEFAULT_WEIGHTS
@@ -28,6 +30,22 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     kind = type(defaults[key])
     parsed[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
   return parsed
+
+
+def phantom_knobs(**overrides) -> ml_collections.ConfigDict:
+  """`config.data.phantom`: the phantom generator's scalar knobs (`PhantomConfig`, defaults from
+  there), so that each is a typed, overridable config field (`--config.data.phantom.<knob>=...`)."""
+  from data_pipeline.phantoms.config import PhantomConfig
+
+  knobs = {
+    f.name: f.default
+    for f in dataclasses.fields(PhantomConfig)
+    if f.name != "image_size" and isinstance(f.default, (int, float))
+  }
+  unknown = sorted(set(overrides) - set(knobs))
+  if unknown:
+    raise ValueError(f"config.data.phantom.{unknown[0]}: not a scalar knob of PhantomConfig")
+  return ml_collections.ConfigDict({**knobs, **overrides})
 
 
 def loss_config() -> ml_collections.ConfigDict:

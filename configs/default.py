@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_train=3000,
       num_eval=300,  # synthetic only
       phantom_size=128,  # size the phantoms are drawn at
+      phantom=common.phantom_knobs(),  # the knobs of data_pipeline.phantoms.PhantomConfig
       seed=0,
       augment=True,
     )
@@ -81,6 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     pool_seed=0,
     identical_texts_match=True,
     one_image_per_study=False,
+    same_findings=True,  # also: a hit is a case with the same set of findings (exact here)
   )
 
   if args.runlocal or args.tiny:

@@ -71,10 +71,11 @@ def synthetic_split(config, split: str, num: int) -> LabeledSplit:
   """The work dir's phantom split (same seed and size as its training data) with exact labels."""
   from data_pipeline import phantoms
   from data_pipeline.input import ArraySource
+  from jimte import data as data_lib
 
   dc = config.data
   generated = phantoms.generate_split(
-    num, split=split, seed=dc.seed, config=phantoms.PhantomConfig(image_size=dc.phantom_size)
+    num, split=split, seed=dc.seed, config=data_lib.phantom_config(dc)
   )
   labels = synthetic_exact_labels(generated["findings"])
   source = ArraySource(

@@ -154,9 +154,7 @@ def _synthetic_source(dc: ml_collections.ConfigDict, split: str):
   from data_pipeline import phantoms
 
   n = dc.num_train if split == dc.train_split else dc.num_eval
-  generated = phantoms.generate_split(
-    n, split=split, seed=dc.seed, config=phantoms.PhantomConfig(image_size=dc.phantom_size)
-  )
+  generated = phantoms.generate_split(n, split=split, seed=dc.seed, config=phantom_config(dc))
   source = input_lib.ArraySource(
     f"synthetic/{split}",
     images=generated["image"],
@@ -166,6 +164,25 @@ def _synthetic_source(dc: ml_collections.ConfigDict, split: str):
     labels=generated["labels"],
   )
   return source, list(generated["text"]), list(generated["findings"])
+
+
+def phantom_config(dc: ml_collections.ConfigDict):
+  """The `PhantomConfig` of `config.data`: `phantom_size` plus the knobs in `data.phantom` (any
+  `PhantomConfig` field but `image_size`; a field left out keeps the generator's default)."""
+  from data_pipeline import phantoms
+
+  knobs = dict(dc.get("phantom", None) or {})
+  fields = {f.name for f in dataclasses.fields(phantoms.PhantomConfig)} - {"image_size"}
+  unknown = sorted(set(knobs) - fields)
+  if unknown:
+    raise ValueError(
+      f"config.data.phantom.{unknown[0]}: not a knob of the phantom generator "
+      f"(its knobs: {', '.join(sorted(fields))})"
+    )
+  try:
+    return phantoms.PhantomConfig(image_size=dc.phantom_size, **knobs)
+  except ValueError as e:
+    raise ValueError(f"config.data.phantom: {e}") from e
 
 
 def tfds_dataset_dir(dc: ml_collections.ConfigDict) -> str:

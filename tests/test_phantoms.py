@@ -487,3 +487,22 @@ def test_preview_runs_as_a_module(tmp_path):
   command = [sys.executable, "-m", "data_pipeline.phantoms", "--out", str(tmp_path), "--n", "1"]
   subprocess.run(command + ["--image-size", "32"], check=True, cwd=root, capture_output=True)
   assert sorted(os.listdir(tmp_path)) == ["00000.png", "00000.txt", "00000_boxes.png"]
+
+
+def test_config_data_phantom_sets_the_generator_knobs_and_names_bad_ones():
+  from configs import default
+  from jimte import data as data_lib
+
+  c = default.get_config()
+  assert data_lib.phantom_config(c.data) == phantoms.PhantomConfig(image_size=c.data.phantom_size)
+  c.data.phantom.abnormal_probability = 1.0
+  made = data_lib.phantom_config(c.data)
+  assert made.abnormal_probability == 1.0
+  split = phantoms.generate_split(12, split="train", seed=0, config=made)
+  assert all(len(f) > 0 for f in split["findings"])  # every study abnormal
+  c.data.phantom.abnormal_probability = 1.5
+  with pytest.raises(ValueError, match=r"config\.data\.phantom: abnormal_probability"):
+    data_lib.phantom_config(c.data)
+  c.data.phantom = {"abnormal_prob": 0.5}
+  with pytest.raises(ValueError, match=r"config\.data\.phantom\.abnormal_prob: not a knob"):
+    data_lib.phantom_config(c.data)

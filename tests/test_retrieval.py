@@ -205,6 +205,7 @@ def test_cosine_matrix_is_scale_invariant():
     (dict(num_pools=1.5), "num_pools"),
     (dict(pool_sampling="shuffled"), "pool_sampling"),
     (dict(one_image_per_study="yes"), "one_image_per_study"),
+    (dict(same_findings=1), "same_findings"),
   ],
 )
 def test_bad_retrieval_settings_name_their_key(setting, key):
@@ -334,3 +335,100 @@ def _tf_dataset(images, texts, studies, views):
       "dicom_id": [f"d{i:02d}" for i in range(len(texts))],
     }
   )
+
+
+# ----------------------------------------------------------------------------- same findings
+
+
+def test_finding_sets_group_cases_by_their_positive_labels_only():
+  nan = np.nan
+  labels = np.array(
+    [
+      [1, 0, nan],
+      [1, -1, 0],  # uncertain and negative are both "not positive": same set as row 0
+      [1, 1, nan],
+      [nan, nan, nan],
+      [0, 0, 0],  # no positives, like row 3
+    ],
+    np.float32,
+  )
+  g = retrieval.finding_set_groups(labels)
+  assert g[0] == g[1] and g[3] == g[4]
+  assert len({g[0], g[2], g[3]}) == 3
+
+
+def test_group_chance_equals_enumerating_every_ranking_prefix():
+  """Exact chance: over all K-subsets of the N columns as the top K, the share holding a column of
+  the query's group, averaged over queries."""
+  import itertools
+
+  groups = np.array([0, 0, 1, 2, 2, 2, 3])
+  n = len(groups)
+  for k in (1, 2, 3, 6, 7, 10):
+    subsets = list(itertools.combinations(range(n), min(k, n)))
+    expected = np.mean(
+      [np.mean([any(groups[j] == groups[i] for j in s) for s in subsets]) for i in range(n)]
+    )
+    assert retrieval.group_chance_at_k(groups, k) == pytest.approx(expected, abs=1e-12)
+  # Every group a singleton: the pair chance K / N.
+  assert retrieval.group_chance_at_k(np.arange(50), 10) == pytest.approx(0.2)
+
+
+def test_same_findings_recall_counts_a_case_with_the_same_findings_as_a_hit():
+  """Each image scores highest a text of another case with its findings, never its own: exact
+  recall@1 is 0, same-findings recall@1 is 1; chance follows the group sizes."""
+  groups = np.array([0, 0, 1, 1, 2, 2])
+  scores = np.zeros((6, 6))
+  for i in range(6):
+    partner = i ^ 1  # the other case of its group
+    scores[i, partner] = 1.0
+  out = retrieval.recall_at_k(scores, (1,))
+  assert out["i2t_R@1"] == 0.0
+  same = retrieval.recall_at_k(scores, (1,), groups)
+  assert same["i2t_R@1"] == 1.0 and same["t2i_R@1"] == 1.0
+
+
+def test_evaluator_reports_same_findings_recall_from_the_split_labels(tokenizer, tmp_path):
+  config = tiny_config()
+  images, texts, studies = make_arrays(8, height=64, width=64)
+  labels = np.full((8, 14), np.nan, np.float32)
+  labels[:4, 0] = 1.0  # two finding sets of 4 cases each
+  labels[4:, 3] = 1.0
+  source = inp.ArraySource(
+    "toy/test", images=images, texts=texts, study_ids=studies, patient_ids=studies, labels=labels
+  )
+  unlabelled = inp.ArraySource(
+    "toy/bare", images=images, texts=texts, study_ids=studies, patient_ids=studies
+  )
+  data = DataBundle(
+    config=config,
+    sources={"test": source, "bare": unlabelled},
+    tokenizer=tokenizer,
+    tokenizer_dir=str(tmp_path),
+    ground_truth={},
+  )
+  config.evals = ml_collections.ConfigDict(
+    {
+      "r": dict(
+        type="retrieval", split="test", scores=("global",), pool_size=0, same_findings=True
+      ),
+      "b": dict(
+        type="retrieval", split="bare", scores=("global",), pool_size=0, same_findings=True
+      ),
+    }
+  )
+  by_name = {e.name: e for e in registry.build_evaluators(config)}
+  rng = np.random.default_rng(0)
+  encoded = {
+    "index": np.arange(8),
+    "image_global": rng.normal(size=(8, 16)).astype(np.float32),
+    "sentence": rng.normal(size=(8, 16)).astype(np.float32),
+  }
+  out = by_name["r"](encoded, data=data, workdir=str(tmp_path))
+  assert out["same_findings/num_sets"] == 2
+  assert out["same_findings/chance_R@1"] == pytest.approx(4 / 8)
+  assert out["same_findings/chance_R@5"] == pytest.approx(1.0)  # 5 > 8 - 4 others
+  assert out["global/same_findings/i2t_R@5"] == 1.0
+  assert out["global/same_findings/i2t_R@1"] >= out["global/i2t_R@1"]
+  with pytest.raises(ValueError, match=r"config\.evals\.b\.same_findings: split 'bare' has no"):
+    by_name["b"](encoded, data=data, workdir=str(tmp_path))

@@ -37,6 +37,7 @@ class StudyMetadata:
   text: np.ndarray  # [N] str, the report
   view: np.ndarray  # [N] str, '' where the split records no view
   image_id: np.ndarray  # [N] str, '' where the split records no image id
+  labels: np.ndarray | None = None  # float32 [N, C] where the split has labels, else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,13 +81,22 @@ def read_study_metadata(source: Source, batch_size: int = 1024) -> StudyMetadata
       "text": example["text"],
       "view": example[view_key] if view_key else empty,
       "image_id": example[image_id_key] if image_id_key else empty,
+      **({"labels": example["labels"]} if "labels" in spec else {}),
     }
 
-  columns: dict[str, list] = {k: [] for k in ("index", "study_id", "text", "view", "image_id")}
+  keys = (
+    "index",
+    "study_id",
+    "text",
+    "view",
+    "image_id",
+    *(("labels",) if "labels" in spec else ()),
+  )
+  columns: dict[str, list] = {k: [] for k in keys}
   picked = dataset.map(pick, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   for batch in picked.batch(batch_size).as_numpy_iterator():
     for key, values in batch.items():
-      columns[key].extend(values.tolist())
+      columns[key].extend(list(values) if key == "labels" else values.tolist())
   index = np.asarray(columns["index"], np.int64)
   if len(index) != source.num_examples:
     raise ValueError(f"{source}: read {len(index)} examples, expected {source.num_examples}")
@@ -101,6 +111,7 @@ def read_study_metadata(source: Source, batch_size: int = 1024) -> StudyMetadata
     text=strings("text"),
     view=strings("view"),
     image_id=strings("image_id"),
+    labels=np.asarray(columns["labels"], np.float32)[order] if "labels" in columns else None,
   )
 
 

@@ -80,7 +80,8 @@ class RetrievalEvaluator(Evaluator):
   order, the original's; "random": seeded draws, `pool_seed`); `identical_texts_match`: a report
   identical to the true one counts as a hit (read once from the split); `one_image_per_study`:
   score one frontal image per study (`data_pipeline.input.study_filter`), reporting how many
-  images were dropped.
+  images were dropped. `same_findings`: also report recall where a hit is any case with the same
+  set of positive labels as the query (exact on the synthetic set; needs a split with labels).
   """
 
   TYPE = "retrieval"
@@ -93,6 +94,7 @@ class RetrievalEvaluator(Evaluator):
     "pool_seed": 0,
     "identical_texts_match": True,
     "one_image_per_study": False,
+    "same_findings": False,
   }
 
   def __init__(self, name, entry, config):
@@ -111,7 +113,7 @@ class RetrievalEvaluator(Evaluator):
         f"{self.key}.pool_sampling: {self.settings['pool_sampling']!r} is not one of "
         f"{', '.join(retrieval.POOL_SAMPLINGS)}"
       )
-    for key in ("identical_texts_match", "one_image_per_study"):
+    for key in ("identical_texts_match", "one_image_per_study", "same_findings"):
       if not isinstance(self.settings[key], bool):
         raise ValueError(f"{self.key}.{key}: {self.settings[key]!r} is not True or False")
     self.ks = tuple(int(k) for k in self.settings["ks"])
@@ -150,19 +152,27 @@ class RetrievalEvaluator(Evaluator):
     return self._input_split
 
   def __call__(self, encoded, *, data, workdir) -> dict[str, float]:
-    texts = None
-    if self.settings["identical_texts_match"]:
+    texts = finding_sets = None
+    if self.settings["identical_texts_match"] or self.settings["same_findings"]:
       meta = self.metadata(data)
       if not np.isin(encoded["index"], meta.index).all():
         raise ValueError(f"{self.key}: encoded examples missing from split {self.split!r}")
       rows = np.searchsorted(meta.index, encoded["index"])
-      texts = meta.text[rows]
+      if self.settings["identical_texts_match"]:
+        texts = meta.text[rows]
+      if self.settings["same_findings"]:
+        if meta.labels is None:
+          raise ValueError(
+            f"{self.key}.same_findings: split {self.split!r} has no labels to compare findings"
+          )
+        finding_sets = retrieval.finding_set_groups(meta.labels[rows])
     s = self.settings
     results = retrieval.evaluate(
       encoded,
       ks=self.ks,
       scores=self.scores,
       texts=texts,
+      finding_sets=finding_sets,
       pool_size=s["pool_size"],
       num_pools=s["num_pools"],
       pool_sampling=s["pool_sampling"],
@@ -193,6 +203,15 @@ class RetrievalEvaluator(Evaluator):
         f"frontal ({f['studies_without_frontal']} studies without a frontal image)"
       )
     blocks = [("", f"all {num_pairs}", "chance_R@")]
+    if "same_findings/num_sets" in results:
+      sets = int(results["same_findings/num_sets"])
+      blocks.append(
+        (
+          "same_findings/",
+          f"all {num_pairs}, a hit = the same findings ({sets} sets)",
+          "same_findings/chance_R@",
+        )
+      )
     if num_pools:
       how = "blocks" if self.settings["pool_sampling"] == "blocks" else "random draws"
       blocks.append(

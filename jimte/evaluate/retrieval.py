@@ -16,7 +16,10 @@ over the words (the head is affine, so the mean passes through it).
 The true text of image i is text i. A text identical to it (`texts`: two images of one study, or
 two studies with the same report) counts as a hit too, and likewise, for text->image, an image
 whose report is identical to the query; every other tie of score counts against the model (a
-constant scorer gets R@K = 0 for K < N). Recall is reported on the whole pool and as the mean over
+constant scorer gets R@K = 0 for K < N). With `finding_sets` (the pairs' sets of positive
+findings) recall is also reported where a hit is any case with the same set of findings as the
+query ('<score>/same_findings/...', chance exact for the group sizes: `group_chance_at_k`).
+Recall is reported on the whole pool and as the mean over
 pools of `pool_size` candidates (`pool_indices`: the original's consecutive blocks, or seeded
 random draws); every process draws the same pools.
 """
@@ -92,6 +95,31 @@ def recall_at_k(
   out["i2t_median_rank"] = float(np.median(i2t) + 1)
   out["t2i_median_rank"] = float(np.median(t2i) + 1)
   return out
+
+
+def finding_set_groups(labels: np.ndarray) -> np.ndarray:
+  """int64 [N]: equal ids exactly where two cases have the same set of positive labels (label ==
+  1; uncertain, negative and unmentioned are all 'not positive')."""
+  labels = np.asarray(labels, np.float32)
+  if labels.ndim != 2:
+    raise ValueError(f"labels must be [N, C], got shape {labels.shape}")
+  positive = np.packbits(labels == 1.0, axis=1)
+  _, groups = np.unique(positive, axis=0, return_inverse=True)
+  return groups.astype(np.int64).reshape(-1)
+
+
+def group_chance_at_k(groups: np.ndarray, k: int) -> float:
+  """Expected R@K of a random ranking when a hit is any column of the query's group: the mean
+  over queries of 1 - C(N - g, K) / C(N, K), g the query's group size (itself included)."""
+  groups = np.asarray(groups)
+  n = len(groups)
+  k = min(k, n)
+  _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+  g = counts[inverse].astype(np.float64)
+  # C(N-g, K) / C(N, K) = prod_{j<K} (N-g-j) / (N-j), zero once N-g-j <= 0.
+  j = np.arange(k, dtype=np.float64)
+  miss = np.prod(np.clip((n - g[:, None] - j) / (n - j), 0.0, None), axis=1)
+  return float(np.mean(1.0 - miss))
 
 
 def pool_indices(
@@ -216,6 +244,7 @@ def evaluate(
   ks=(1, 5, 10),
   scores=SCORES,
   texts: Sequence[str] | None = None,
+  finding_sets: np.ndarray | None = None,
   pool_size: int = 0,
   num_pools: int = 0,
   pool_sampling: str = "blocks",
@@ -227,13 +256,16 @@ def evaluate(
   """Recall@K for each score kind on the whole pool ('<score>/<metric>') and averaged over the
   pools of `pool_indices` ('<score>/pool<size>/<metric>', with 'pool<size>/chance_R@K' and
   'pool<size>/num_pools'). `texts` (the pairs' reports, in row order) turns on the tie-break of
-  identical reports."""
+  identical reports; `finding_sets` (`finding_set_groups` of the pairs' labels, in row order) adds
+  the same-findings recall."""
   num_pairs = len(encoded["image_global"])
   groups = None
   if texts is not None:
     if len(texts) != num_pairs:
       raise ValueError(f"{len(texts)} texts for {num_pairs} encoded pairs")
     groups = text_groups(texts)
+  if finding_sets is not None and len(finding_sets) != num_pairs:
+    raise ValueError(f"{len(finding_sets)} finding sets for {num_pairs} encoded pairs")
   pools = pool_indices(num_pairs, pool_size, num_pools, pool_sampling, pool_seed)
   tag = f"pool{pool_size}"
   results: dict[str, float] = {}
@@ -249,6 +281,15 @@ def evaluate(
           results[f"{prefix}{metric}"] = value
         else:
           results[f"{name}/{prefix}{metric}"] = value
+    if finding_sets is not None:
+      same = recall_at_k(matrix, ks, finding_sets)
+      for metric, value in same.items():
+        if not metric.startswith("chance"):
+          results[f"{name}/same_findings/{metric}"] = value
+  if finding_sets is not None:
+    for k in ks:
+      results[f"same_findings/chance_R@{k}"] = group_chance_at_k(finding_sets, k)
+    results["same_findings/num_sets"] = float(len(np.unique(finding_sets)))
   results["num_pairs"] = float(num_pairs)
   if pools:
     results[f"{tag}/num_pools"] = float(len(pools))
