@@ -269,14 +269,18 @@ def test_evaluator_scores_one_frontal_image_per_study(tokenizer, tmp_path):
     encoded[name]["image_global"], encoded["test"]["image_global"][[0, 3, 4, 6, 8, 10]], atol=1e-5
   )
   # The other sentence pooling: the same parameters through a tower built with that pooling.
-  assert encode.other_pooling(model) == "mean"  # the tiny config pools the first token
-  model_config.text.sentence_pooling = "mean"
-  mean_model = build_model(model_config)
+  own = model_config.text.sentence_pooling
+  other = encode.other_pooling(model)
+  assert {own, other} == {"first", "mean"}
+  model_config.text.sentence_pooling = other
+  other_model = build_model(model_config)
   batch = next(iter(data.eval_batches(mesh, "test")))
-  mean_sentence = jax.jit(lambda v, t: mean_model.apply(v, t, False, method="encode_text").sentence)
+  other_sentence = jax.jit(
+    lambda v, t: other_model.apply(v, t, False, method="encode_text").sentence
+  )
   np.testing.assert_allclose(
     encoded["test"]["sentence_other_pooling"][:8],
-    np.asarray(mean_sentence(variables, batch["tokens"])),
+    np.asarray(other_sentence(variables, batch["tokens"])),
     atol=1e-5,
   )
   assert not np.allclose(encoded["test"]["sentence_other_pooling"], encoded["test"]["sentence"])
