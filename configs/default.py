@@ -47,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       vocab_size=2000,
       max_len=160,
       model_type="unigram",
+      word_normalizer="plain",  # word models: plain | original (the release's rule)
       path="",  # an existing tokenizer dir; empty = train one on the train split's reports
     )
   )
@@ -91,7 +92,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     pool_seed=0,
     identical_texts_match=True,
     one_image_per_study=False,
-    same_findings=True,  # also: a hit is a case with the same set of findings (exact here)
+    same_findings="auto",  # also: a hit is a case with the same findings (where labels exist)
+  )
+  # Grounding of the reports' finding phrases in their exact boxes (the synthetic set's ground
+  # truth), printed beside the untrained model's figures (jimte/evaluate/grounding.py).
+  c.evals.grounding = dict(
+    type="grounding",
+    split="test",
+    every_steps=0,
+    maps=("attention", "similarity"),
+    untrained_baseline=True,
+    skip_without_boxes=True,  # a tfds dataset without boxes: no grounding, a log line
   )
 
   if args.runlocal or args.tiny:

@@ -5,7 +5,9 @@ image-text/MLM mixture, 35 epochs of image-text steps with lr x0.1 from epoch 20
   python -m jimte.main --config configs/joimternet_paper.py:tfds_name=iu_xray --workdir gs://...
   (reads <tfds_data_dir>/iu_xray/<tfds_config or the default config>/<latest version>; set them as
   :tfds_name=iu_xray,tfds_config=r2gen,tfds_data_dir=gs://BUCKET/tfds)
-  configs/joimternet_paper.py:image_size=512   # the same towers at a reduced input (benchmarks)
+  configs/joimternet_paper.py:image_size=512   # the same towers at a reduced input (benchmarks);
+  (the crop is taken at the records' stored resolution, as the release's: read records stored at
+  about that size, e.g. tfds_config=frontal_512, or set data.augment=original to scale them first)
 """
 
 from __future__ import annotations
@@ -39,14 +41,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_eval=512,
       phantom_size=args.image_size,
       seed=0,
-      augment="original",  # the release's rotation, crop and jitter (original | mild | none)
+      # The release's rotation (nearest pixels), crop at native resolution and jitter (policies:
+      # original_native | original | mild | none); for MIMIC-CXR read tfds_config=frontal_native.
+      augment="original_native",
     )
   )
   c.image_size = args.image_size
   c.tokenizer = ml_collections.ConfigDict(
     # The release's word vocabulary: 8,410 words and specials plus [MASK] = 8,411 ids; a "word" in
-    # the alignment is a word, punctuation dropped (model_type="unigram" | "bpe": sub-word pieces).
-    dict(vocab_size=8411, max_len=160, model_type="word", path="")
+    # the alignment is a word, by the release's rule: punctuation dropped, numbers -> "number"
+    # (word_normalizer="plain" keeps numbers; model_type="unigram" | "bpe": sub-word pieces).
+    dict(vocab_size=8411, max_len=160, model_type="word", word_normalizer="original", path="")
   )
 
   # The release's towers, parameter for parameter: 8-channel stem, its 16-head soft attention

@@ -7,7 +7,8 @@ code, so the three agree id for id.
 
 Model types: sub-word pieces (`unigram`, `bpe`; byte fallback, so decoding is exact) or whole words
 (`word`, as the original JoImTeRNet's word vocabulary: punctuation dropped, one id per word, each
-word outside the vocabulary one UNK). The type is read back from the model itself.
+word outside the vocabulary one UNK; `word_normalizer="original"`: the release's word rule, numbers
+as 'number'). The type and the normaliser are read back from the model itself.
 
 Command line (one report per line in a text file, or columns of a CSV joined by '+')::
 
@@ -51,6 +52,10 @@ MODEL_TYPES = ("unigram", "bpe", "word")
 NORMALIZER_NAME = "nfkc_lower_keep_xxxx_v1"
 # The word model's: the same, then every character that is not a letter, digit or mark -> a space.
 WORD_NORMALIZER_NAME = "nfkc_lower_keep_xxxx_words_v1"
+# The original release's word rule (`original_words`): numbers -> 'number', see `_ORIGINAL_RULES`.
+ORIGINAL_WORD_NORMALIZER_NAME = "original_release_words_v1"
+# Word-model normalisers by config name (`config.tokenizer.word_normalizer`).
+WORD_NORMALIZERS = {"plain": WORD_NORMALIZER_NAME, "original": ORIGINAL_WORD_NORMALIZER_NAME}
 
 # IU / Open-i reports mark de-identified words with 'XXXX'. They are kept upper-case, so they stay
 # distinct from real words and the redaction stays visible to the model.
@@ -68,11 +73,13 @@ _NON_WORD_PATTERN_RE2 = "[^\\pL\\pN\\pM]+"
 
 
 @functools.cache
-def _non_word_re() -> re.Pattern:
-  """Python's re lacks \\p{..}: the class of all code points outside Unicode L, N and M."""
+def _non_word_re(also_word: str = "") -> re.Pattern:
+  """Python's re lacks \\p{..}: the class of all code points outside Unicode L, N and M (and
+  outside the characters of `also_word`)."""
   ranges, start = [], None
   for code in range(sys.maxunicode + 2):
     outside = code <= sys.maxunicode and unicodedata.category(chr(code))[0] not in "LNM"
+    outside = outside and chr(code) not in also_word
     if outside and start is None:
       start = code
     elif not outside and start is not None:
@@ -104,9 +111,97 @@ def normalize_text_tf(texts: tf.Tensor, drop_punctuation: bool = False) -> tf.Te
   return tf.strings.strip(texts)
 
 
-def normalizer_name(model_type: str) -> str:
+# --- the original release's word rule ---------------------------------------------------------
+# JoImTeR/dataset_iu.py `normalize_report` (scispaCy tokens; `like_num` tokens -> 'NUMBER'; doubled
+# punctuation dropped; 'DEID' removed; every ',' and '.' deleted), then, as the release's
+# vocabulary notebook (ScratchPads/DatasetPreprocess_IU.ipynb) does, `.lower()` and
+# `RegexpTokenizer(r'\w+')`: words are runs of letters, digits and '_', all other punctuation goes.
+# Without scispaCy, the token boundaries that decide what is a number are rebuilt with regular
+# expressions that mean the same in Python's re and in RE2 (the tf.data graph), on a string whose
+# tokens are kept apart by two spaces (so `( )...( )` matches each token on its own).
+# spaCy's English `like_num` words (cardinals and ordinals), matched in any case.
+_NUMBER_WORDS = (
+  "zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|"
+  "fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|"
+  "ninety|hundred|thousand|million|billion|trillion|quadrillion|gajillion|bazillion|first|second|"
+  "third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh|twelfth|thirteenth|fourteenth|"
+  "fifteenth|sixteenth|seventeenth|eighteenth|nineteenth|twentieth|thirtieth|fortieth|fiftieth|"
+  "sixtieth|seventieth|eightieth|ninetieth|hundredth|thousandth|millionth|billionth|trillionth|"
+  "quadrillionth|gajillionth|bazillionth"
+)
+# spaCy's units (the ASCII ones and µ), split off a digit they follow ('3cm' -> '3 cm'), longest
+# first so that the alternation prefers them.
+_UNITS = (
+  "m/s|km/h|mbar|kmh|mph|hPa|km|dm|cm|mm|ha|µm|nm|yd|in|ft|kg|mg|µg|lb|oz|Pa|mb|MB|kb|KB|gb|GB|"
+  "tb|TB|m|g|t|T|G|M|K|%"
+)
+_DIGITS = "[0-9,.]*[0-9][0-9,.]*"  # like_num ignores ',' and '.' before its isdigit()
+_NUMBER = f"[+\\-±~]?(?:{_DIGITS}/{_DIGITS}|{_DIGITS}(?i:st|nd|rd|th)?|(?i:{_NUMBER_WORDS}))"
+_ORIGINAL_RULES = (
+  ("DEID", ""),
+  (_WHITESPACE_PATTERN, " "),
+  ("_+", " _ "),  # spaCy splits every '_' off, then drops all but the last of a run
+  (" ", "  "),
+  # Prefix and suffix punctuation of each token (brackets, quotes, separators, a final '.').
+  ("( )([(\\[{<\"'§%=+#*&]+)", "\\1\\2  "),
+  ("([)\\]}>\"',;:!?.%*&#]+)( )", "  \\1\\2"),
+  # Infixes: an operator between digits ('10-15'), '.' between a lower- and an upper-case letter,
+  # ',' between letters (each twice: a match consumes the character after it).
+  ("([0-9])([-+*^])([0-9-])", "\\1  \\2  \\3"),
+  ("([0-9])([-+*^])([0-9-])", "\\1  \\2  \\3"),
+  ("([a-z])\\.([A-Z])", "\\1  .  \\2"),
+  ("([A-Za-z]),([A-Za-z])", "\\1  ,  \\2"),
+  ("([A-Za-z]),([A-Za-z])", "\\1  ,  \\2"),
+  (f"( )([^ ]*[0-9])({_UNITS})( )", "\\1\\2  \\3\\4"),
+  (f"( ){_NUMBER}( )", "\\1NUMBER\\2"),
+  ("[,.]", ""),
+)
+
+
+def normalize_original_words(text: str) -> str:
+  """The release's word rule (`_ORIGINAL_RULES`): NFKC, numbers -> 'number', 'DEID' removed, ','
+  and '.' deleted, lower case (redactions too), words = runs of letters, digits, marks and '_'."""
+  text = " " + unicodedata.normalize("NFKC", text) + " "
+  for pattern, replacement in _ORIGINAL_RULES:
+    text = re.sub(pattern, replacement, text)
+  text = _non_word_re("_").sub(" ", text.lower())
+  return _WHITESPACE_RE.sub(" ", text).strip(" ")
+
+
+def normalize_original_words_tf(texts: tf.Tensor) -> tf.Tensor:
+  """The graph version of `normalize_original_words`, element-wise on a string tensor."""
+  texts = tf.strings.join([" ", tf_text.normalize_utf8(texts, "NFKC"), " "])
+  for pattern, replacement in _ORIGINAL_RULES:
+    texts = tf.strings.regex_replace(texts, pattern, replacement, replace_global=True)
+  texts = tf.strings.lower(texts, encoding="utf-8")
+  texts = tf.strings.regex_replace(texts, "[^\\pL\\pN\\pM_]+", " ", replace_global=True)
+  texts = tf.strings.regex_replace(texts, _WHITESPACE_PATTERN, " ", replace_global=True)
+  return tf.strings.strip(texts)
+
+
+def normalizer_name(model_type: str, word_normalizer: str = "plain") -> str:
   """The normaliser a model of this type is trained and run with."""
-  return WORD_NORMALIZER_NAME if model_type == "word" else NORMALIZER_NAME
+  if model_type != "word":
+    return NORMALIZER_NAME
+  if word_normalizer not in WORD_NORMALIZERS:
+    raise ValueError(
+      f"word_normalizer must be one of {sorted(WORD_NORMALIZERS)}, got {word_normalizer!r}"
+    )
+  return WORD_NORMALIZERS[word_normalizer]
+
+
+def normalize_for(name: str, text: str) -> str:
+  """Eager: `text` through the normaliser called `name`."""
+  if name == ORIGINAL_WORD_NORMALIZER_NAME:
+    return normalize_original_words(text)
+  return normalize_text(text, drop_punctuation=name == WORD_NORMALIZER_NAME)
+
+
+def normalize_for_tf(name: str, texts: tf.Tensor) -> tf.Tensor:
+  """In-graph: `texts` through the normaliser called `name`."""
+  if name == ORIGINAL_WORD_NORMALIZER_NAME:
+    return normalize_original_words_tf(texts)
+  return normalize_text_tf(texts, drop_punctuation=name == WORD_NORMALIZER_NAME)
 
 
 def _proto_fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
@@ -139,6 +234,86 @@ def _proto_fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
       raise ValueError(f"not a SentencePiece model: protobuf wire type {wire}")
 
 
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+  """(value, position after it) of the protobuf varint at `pos`."""
+  value, shift = 0, 0
+  while True:
+    byte = data[pos]
+    pos += 1
+    value |= (byte & 0x7F) << shift
+    shift += 7
+    if byte < 0x80:
+      return value, pos
+
+
+def _varint_bytes(value: int) -> bytes:
+  out = bytearray()
+  while True:
+    low, value = value & 0x7F, value >> 7
+    out.append(low | (0x80 if value else 0))
+    if not value:
+      return bytes(out)
+
+
+def _raw_fields(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+  """(field number, wire type, the field's bytes with its key) of a serialized message."""
+  pos = 0
+  while pos < len(data):
+    start = pos
+    key, pos = _varint(data, pos)
+    number, wire = key >> 3, key & 7
+    if wire == 0:
+      pos = _varint(data, pos)[1]
+    elif wire == 2:
+      size, pos = _varint(data, pos)
+      pos += size
+    elif wire in (1, 5):
+      pos += 8 if wire == 1 else 4
+    else:
+      raise ValueError(f"not a SentencePiece model: protobuf wire type {wire}")
+    yield number, wire, data[start:pos]
+
+
+def _bytes_field(number: int, value: bytes) -> bytes:
+  return _varint_bytes(number << 3 | 2) + _varint_bytes(len(value)) + value
+
+
+# ModelProto.trainer_spec = 2; TrainerSpec.model_prefix = 2, a string SentencePiece reads only when
+# training to files. A model trained here in memory has it empty; a word model with the original
+# normaliser records that normaliser's name there, so the model alone says how to normalise.
+_TRAINER_SPEC, _MODEL_PREFIX = 2, 2
+
+
+def _with_model_prefix(model_proto: bytes, prefix: str) -> bytes:
+  """`model_proto` with trainer_spec.model_prefix set to `prefix`."""
+  out = bytearray()
+  for number, wire, raw in _raw_fields(model_proto):
+    if number == _TRAINER_SPEC and wire == 2:
+      spec = raw[len(_varint_bytes(number << 3 | 2)) :]
+      spec = spec[len(_varint_bytes(_varint(spec, 0)[0])) :]
+      kept = b"".join(r for n, _, r in _raw_fields(spec) if n != _MODEL_PREFIX)
+      raw = _bytes_field(number, kept + _bytes_field(_MODEL_PREFIX, prefix.encode("utf-8")))
+    out += raw
+  return bytes(out)
+
+
+def _model_prefix_of(model_proto: bytes) -> str:
+  for number, wire, value in _proto_fields(model_proto):
+    if number == _TRAINER_SPEC and wire == 2:
+      for inner, inner_wire, inner_value in _proto_fields(value):
+        if inner == _MODEL_PREFIX and inner_wire == 2:
+          return inner_value.decode("utf-8")
+  return ""
+
+
+def normalizer_of(model_proto: bytes) -> str:
+  """The name of the normaliser a serialized model was trained with (and must be run with)."""
+  model_type = model_type_of(model_proto)
+  if model_type == "word" and _model_prefix_of(model_proto) == ORIGINAL_WORD_NORMALIZER_NAME:
+    return ORIGINAL_WORD_NORMALIZER_NAME
+  return normalizer_name(model_type)
+
+
 def model_type_of(model_proto: bytes) -> str:
   """The model type (unigram, bpe, word, char) stored in a serialized SentencePiece ModelProto.
 
@@ -163,6 +338,7 @@ def train_sentencepiece(
   byte_fallback: bool = True,
   input_sentence_size: int = 0,
   num_threads: int | None = None,
+  word_normalizer: str = "plain",
 ) -> bytes:
   """Trains a SentencePiece model in memory on normalised texts; returns the serialized model proto.
 
@@ -172,17 +348,21 @@ def train_sentencepiece(
   `vocab_size`. `input_sentence_size` > 0 trains on that many randomly sampled texts (for very large
   corpora). `model_type="word"` keeps the `vocab_size` - 5 most frequent words of the texts with
   their punctuation dropped; there is no byte fallback (an unseen word is UNK) and '[MASK]' is a
-  control symbol (never matched in text).
+  control symbol (never matched in text). `word_normalizer` (word models): "plain" (the above) or
+  "original" (the release's rule, `normalize_original_words`), recorded in the model.
   """
   if model_type not in MODEL_TYPES:
     raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
   words = model_type == "word"
+  if word_normalizer != "plain" and not words:
+    raise ValueError(f"word_normalizer={word_normalizer!r} needs model_type='word'")
+  normalizer = normalizer_name(model_type, word_normalizer)
   # Word models: no byte pieces (SentencePiece refuses them), and no '▁[MASK]' word either.
   symbols = {"control_symbols": [MASK_PIECE]} if words else {"user_defined_symbols": [MASK_PIECE]}
 
   def normalised_nonempty() -> Iterator[str]:
     for text in texts:
-      text = normalize_text(text, drop_punctuation=words)
+      text = normalize_for(normalizer, text)
       if text:
         yield text
 
@@ -210,6 +390,8 @@ def train_sentencepiece(
     num_threads=num_threads or os.cpu_count() or 1,
     minloglevel=2,
   )
+  if normalizer == ORIGINAL_WORD_NORMALIZER_NAME:
+    return _with_model_prefix(model.getvalue(), normalizer)
   return model.getvalue()
 
 
@@ -234,7 +416,7 @@ class Tokenizer:
     if actual != expected:
       raise ValueError(f"SentencePiece model ids {actual} differ from the contract {expected}")
     self.model_type = model_type_of(self._model_proto)
-    self._drop_punctuation = self.model_type == "word"
+    self.normalizer = normalizer_of(self._model_proto)
     self._graph_tokenizer = tf_text.SentencepieceTokenizer(
       model=self._model_proto, out_type=tf.int32, add_bos=False, add_eos=False
     )
@@ -264,7 +446,7 @@ class Tokenizer:
       "eos_id": EOS_ID,
       "mask_id": MASK_ID,
       "model_type": self.model_type,
-      "normalizer": normalizer_name(self.model_type),
+      "normalizer": self.normalizer,
     }
     with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILENAME), "w") as f:
       f.write(json.dumps(config, indent=2) + "\n")
@@ -278,7 +460,7 @@ class Tokenizer:
       config = json.loads(f.read())
     with tf.io.gfile.GFile(os.path.join(directory, MODEL_FILENAME), "rb") as f:
       tokenizer = cls(f.read(), max_len=config["max_len"])
-    expected = normalizer_name(tokenizer.model_type)
+    expected = tokenizer.normalizer
     if config.get("normalizer") != expected:
       raise ValueError(
         f"{directory} was saved with normaliser {config.get('normalizer')!r}; "
@@ -322,7 +504,7 @@ class Tokenizer:
       raise ValueError(f"tokenize takes a scalar or a vector of strings, got shape {texts.shape}")
     is_scalar = texts.shape.rank == 0
     batch = tf.reshape(texts, [-1])
-    normalised = normalize_text_tf(batch, self._drop_punctuation)
+    normalised = normalize_for_tf(self.normalizer, batch)
     if self.model_type == "word":
       # Word by word: SentencePiece merges a run of unknown words into one UNK; here each is one.
       pieces = self._graph_tokenizer.tokenize(tf.strings.split(normalised)).merge_dims(1, 2)
@@ -342,7 +524,7 @@ class Tokenizer:
       raise TypeError("encode takes a sequence of strings; wrap a single text in a list")
     out = np.full((len(texts), self.max_len), PAD_ID, dtype=np.int32)
     for row, text in enumerate(texts):
-      text = normalize_text(text, self._drop_punctuation)
+      text = normalize_for(self.normalizer, text)
       if self.model_type == "word":
         pieces = [i for word in self._processor.encode(text.split(), out_type=int) for i in word]
       else:
@@ -413,6 +595,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   parser.add_argument("--vocab_size", type=int, default=8000)
   parser.add_argument("--model_type", choices=MODEL_TYPES, default="unigram")
+  parser.add_argument(
+    "--word_normalizer",
+    choices=sorted(WORD_NORMALIZERS),
+    default="plain",
+    help="word models: plain (punctuation dropped) or original (the release's rule)",
+  )
   parser.add_argument("--character_coverage", type=float, default=1.0)
   parser.add_argument(
     "--no_byte_fallback",
@@ -437,6 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     character_coverage=args.character_coverage,
     byte_fallback=not args.no_byte_fallback,
     input_sentence_size=args.input_sentence_size,
+    word_normalizer=args.word_normalizer,
   )
   out = tokenizer.save(args.out)
   lengths = (tokenizer.encode(texts) != PAD_ID).sum(axis=1)

@@ -124,6 +124,7 @@ class DataBundle:
       seed=c.seed,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
+      eval_native_crop=input_lib.uses_native_crop(c.data.get("augment", "none")),
     )
     return (batches_lib.to_global_batch(b, mesh) for b in batches)
 
@@ -264,7 +265,12 @@ def _load_or_train_tokenizer(config, directory: str, train_source, train_texts) 
     if jax.process_index() == 0:
       texts = train_texts if train_texts is not None else _texts_of(train_source)
       tokenizer = Tokenizer.train(
-        texts, max_len=tc.max_len, vocab_size=tc.vocab_size, model_type=tc.model_type, num_threads=1
+        texts,
+        max_len=tc.max_len,
+        vocab_size=tc.vocab_size,
+        model_type=tc.model_type,
+        word_normalizer=tc.get("word_normalizer", "plain"),
+        num_threads=1,
       )
       tokenizer.save(directory)
       log.info(

@@ -432,6 +432,119 @@ def export_csv(
   return writer.close(manifest, process_count=process_count, barrier=barrier)
 
 
+TFDS_ID_KEYS = ("study_id", "dicom_id", "image_id")
+
+
+def tfds_row_id(example: Mapping) -> str:
+  """A split row's id: its study_id, else its DICOM / image id, else its index in the split."""
+  for key in TFDS_ID_KEYS:
+    value = example.get(key)
+    if isinstance(value, bytes):
+      value = value.decode("utf-8")
+    if value is not None and str(value):
+      return str(value)
+  return str(int(example["index"]))
+
+
+def export_tfds(
+  model,
+  dataset_dir: str,
+  split: str,
+  out_dir: str,
+  *,
+  kind: str = "image",
+  regions: bool = False,
+  words: bool = False,
+  part_size: int = DEFAULT_PART_SIZE,
+  batch_size: int = 32,
+  overwrite: bool = False,
+  process_index: int = 0,
+  process_count: int = 1,
+  barrier=None,
+  stop_after_parts: int | None = None,
+) -> dict | None:
+  """Image (`kind="image"`, rows carry their report too) or report (`kind="text"`) embeddings of
+  a built TFDS split, in the split's stored order, with ids from `tfds_row_id`; this host takes
+  its contiguous slice of the split (`TfdsSource`). Images go through the eval view, as in
+  training's evaluation."""
+  import tensorflow as tf
+
+  from data_pipeline.input import TfdsSource
+  from data_pipeline.input.preprocess import decode_image, eval_view
+
+  if kind not in ("image", "text"):
+    raise ValueError(f"export kind must be 'image' or 'text', got {kind!r}")
+  try:
+    source = TfdsSource(dataset_dir, split)
+  except (KeyError, ValueError) as e:  # tfds names the splits it has in a ValueError
+    raise KeyError(f"{dataset_dir}: no split {split!r} ({e})") from None
+  settings, manifest = model_manifest(model, kind, f"{os.path.abspath(dataset_dir)}:{split}")
+  settings.update(regions=regions, words=words)
+  writer = ExportWriter(
+    out_dir, settings, part_size=part_size, process_index=process_index, overwrite=overwrite
+  ).open()
+  size = model.image_size
+
+  def prepare(example):
+    row = {k: example[k] for k in ("text", "index", *TFDS_ID_KEYS) if k in example}
+    if kind == "image":
+      row["image"] = eval_view(decode_image(example["image"]), size) * 2.0 - 1.0
+    return row
+
+  dataset = (
+    source.as_dataset(process_index, process_count)
+    .skip(writer.rows_done)
+    .map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    .prefetch(2 * batch_size)
+  )
+  total = source.num_host_examples(process_index, process_count)
+  bar = _progress(total, writer.rows_done, f"export {split} {kind}s")
+  # Batches restart at every part boundary, so a resumed export encodes the same batches (same
+  # shapes, same numbers) as an uninterrupted one.
+  pending: list = []
+  position = writer.rows_done
+  try:
+    for example in dataset.as_numpy_iterator():
+      pending.append(example)
+      position += 1
+      if len(pending) == batch_size or position % part_size == 0 or position == total:
+        rows = _tfds_rows(model, pending, kind, regions, words)
+        bar.update(len(pending))
+        pending = []
+        if writer.add(rows) >= (stop_after_parts or float("inf")):
+          return None
+  finally:
+    bar.close()
+  return writer.close(manifest, process_count=process_count, barrier=barrier)
+
+
+def _tfds_rows(model, examples: list, kind: str, regions: bool, words: bool) -> dict:
+  ids = [tfds_row_id(e) for e in examples]
+  texts = [e["text"].decode("utf-8") for e in examples]
+  if kind == "image":
+    out = model.encode_image_arrays(np.stack([e["image"] for e in examples]), regions=regions)
+    rows = dict(id=ids, embedding=out.embeddings, report=texts)
+    if regions:
+      rows["regions"] = out.regions
+    return rows
+  out = model.encode_reports(texts, words=words)
+  rows = dict(id=ids, embedding=out.embeddings, report=texts)
+  if words:
+    rows.update(words=out.words, word_mask=out.word_mask)
+  return rows
+
+
+def tfds_directory(name: str, data_dir: str) -> str:
+  """The built dataset directory of `NAME[/CONFIG]` under `data_dir` (jimte.data's lookup)."""
+  import ml_collections
+
+  from jimte.data import tfds_dataset_dir
+
+  tfds_name, _, tfds_config = name.partition("/")
+  dc = dict(tfds_name=tfds_name, tfds_config=tfds_config, tfds_data_dir=data_dir)
+  return tfds_dataset_dir(ml_collections.ConfigDict(dc))
+
+
 def _barrier() -> None:
   import jax
   from jax.experimental import multihost_utils
@@ -441,7 +554,7 @@ def _barrier() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """`jimte export`: embeddings of a folder of images or a CSV of reports into an export dir."""
+  """`jimte export`: embeddings of a TFDS split, a folder of images or a CSV of reports."""
   import argparse
 
   p = argparse.ArgumentParser(prog="jimte export", description=main.__doc__)
@@ -451,6 +564,10 @@ def main(argv: list[str] | None = None) -> int:
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--images", help="folder of image files (PNG/JPEG/DICOM)")
   src.add_argument("--csv", help="CSV of reports")
+  src.add_argument("--tfds", help="a built TFDS dataset NAME[/CONFIG] (with --split, --data_dir)")
+  p.add_argument("--split", default="test", help="the TFDS split (--tfds)")
+  p.add_argument("--data_dir", default="", help="TFDS data dir, or a dataset directory (--tfds)")
+  p.add_argument("--kind", choices=("image", "text"), default="image", help="--tfds: what to embed")
   p.add_argument("--id-column", default="id")
   p.add_argument("--text-column", default="report")
   p.add_argument("--regions", action="store_true", help="also region embeddings (images)")
@@ -469,7 +586,20 @@ def main(argv: list[str] | None = None) -> int:
     process_index=jax.process_index(), process_count=jax.process_count(), barrier=_barrier
   )
   try:
-    if args.images:
+    if args.tfds:
+      manifest = export_tfds(
+        model,
+        tfds_directory(args.tfds, args.data_dir),
+        args.split,
+        args.out,
+        kind=args.kind,
+        regions=args.regions,
+        words=args.words,
+        part_size=args.part_size,
+        overwrite=args.overwrite,
+        **hosts,
+      )
+    elif args.images:
       manifest = export_folder(
         model,
         args.images,

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from jimte import checkpointing
+from jimte.evaluate import maps
 from jimte.image_files import XrayImage, read_xray
 from jimte.models import joimternet
 
@@ -41,15 +42,22 @@ class Geometry:
   def to_original(self, grid: np.ndarray) -> np.ndarray:
     """[..., h, w] values on the model input's grid (cell centres) -> [..., height, width] in the
     original image's pixels (bilinear; outside the crop, the nearest edge value)."""
-    h, w = grid.shape[-2:]
-    rows = (np.arange(self.height) + 0.5 - self.top) * (h / self.side) - 0.5
-    cols = (np.arange(self.width) + 0.5 - self.left) * (w / self.side) - 0.5
-    return _bilinear(grid, np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1))
+    return maps.grid_to_pixels(
+      grid, self.height, self.width, top=self.top, left=self.left, side=self.side
+    )
 
   def to_input(self, row: float, col: float) -> tuple[float, float]:
     """An original pixel position (row, col) -> its position in the model input's pixels."""
     scale = self.size / self.side
     return (row - self.top) * scale, (col - self.left) * scale
+
+
+def _native_window_start(length: int, size: int) -> int:
+  """Where torchvision's CenterCrop(size) window starts along a side of `length` pixels, in the
+  original's pixels: negative where the side is padded ((size - length) // 2 zeros before)."""
+  before = max(size - length, 0) // 2
+  padded = length + max(size - length, 0)
+  return round((padded - size) / 2) - before
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,16 +148,27 @@ class JimteModel:
     """An image -> the eval-mode model input float32 [S, S, 1] in [-1, 1], and its geometry."""
     import tensorflow as tf
 
-    from data_pipeline.input.preprocess import eval_view
+    from data_pipeline.input.preprocess import eval_view, uses_native_crop
 
     image = read_xray(image)
     height, width = image.pixels.shape
     levels = np.round(image.pixels * 255.0).astype(np.uint8)[..., None]  # as TFDS stores them
-    view = eval_view(tf.constant(levels), self.image_size).numpy()
-    side = min(height, width)
-    geometry = Geometry(
-      height, width, (height - side) // 2, (width - side) // 2, side, self.image_size
-    )
+    native = uses_native_crop(self.config.data.get("augment", "none"))
+    view = eval_view(tf.constant(levels), self.image_size, native_crop=native).numpy()
+    if native:  # the S x S window at native resolution (torchvision's CenterCrop), scale 1
+      geometry = Geometry(
+        height,
+        width,
+        _native_window_start(height, self.image_size),
+        _native_window_start(width, self.image_size),
+        self.image_size,
+        self.image_size,
+      )
+    else:
+      side = min(height, width)
+      geometry = Geometry(
+        height, width, (height - side) // 2, (width - side) // 2, side, self.image_size
+      )
     return view * 2.0 - 1.0, geometry
 
   def encode_images(
@@ -274,16 +293,3 @@ def _pad(chunk: np.ndarray, size: int) -> np.ndarray:
 def _l2(x: np.ndarray) -> np.ndarray:
   x = np.asarray(x, np.float32)
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), NORM_EPS)
-
-
-def _bilinear(grid: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-  """Samples [..., h, w] at fractional (rows x cols) positions, separably."""
-  r0 = np.floor(rows).astype(int)
-  c0 = np.floor(cols).astype(int)
-  r1 = np.minimum(r0 + 1, grid.shape[-2] - 1)
-  c1 = np.minimum(c0 + 1, grid.shape[-1] - 1)
-  fr = (rows - r0)[:, None]
-  fc = (cols - c0)[None, :]
-  top = grid[..., r0, :][..., c0] * (1 - fc) + grid[..., r0, :][..., c1] * fc
-  bottom = grid[..., r1, :][..., c0] * (1 - fc) + grid[..., r1, :][..., c1] * fc
-  return top * (1 - fr) + bottom * fr

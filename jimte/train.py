@@ -219,6 +219,11 @@ def train_and_evaluate(
   evals = eval_registry.EvalRunner(
     evaluators, model=model, data=data, mesh=mesh, workdir=workdir, writer=writer
   )
+  evals.check()
+  if start_step == 0:  # the untrained model's figures, printed beside the trained ones at the end
+    evals.run_untrained(state)
+  else:
+    evals.load_untrained()
 
   # ---- The loop: update; check finiteness and log; evaluate; save; stop. Two streams, each at its
   # ---- own position: image-text batches for ITM steps, report batches for MLM steps.

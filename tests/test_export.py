@@ -206,3 +206,90 @@ def test_csv_export_equals_encode_reports(trained_workdir, tmp_path):
   assert back.ids == ["s0", "s1", "s2"] and back.reports == texts
   np.testing.assert_allclose(back.embeddings, want.embeddings, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(back.extra["word_mask"], want.word_mask)
+
+
+@pytest.fixture(scope="module")
+def synthetic_small(tmp_path_factory):
+  """The synthetic_cxr `small` config built into a tmp TFDS data dir (200/50/50 at 64 px)."""
+  from data_pipeline.builders.synthetic_cxr import Builder
+
+  data_dir = tmp_path_factory.mktemp("tfds")
+  Builder(data_dir=str(data_dir), config="small").download_and_prepare()
+  return str(data_dir)
+
+
+def test_tfds_export_equals_eval_pipeline_resumes_and_shards(trained_workdir, synthetic_small):
+  """Image rows of a TFDS split: ids are its study ids in stored order, embeddings equal those of
+  the eval pipeline's batches (classify.eval_images), reports attached; an interrupted export
+  resumes to the same parts; two hosts' shards read back as the one-host export."""
+  from data_pipeline.labels import ReportLabeler
+  from jimte import classify
+  from jimte.inference import JimteModel
+
+  model = JimteModel.from_workdir(trained_workdir)
+  directory = export.tfds_directory("synthetic_cxr/small", synthetic_small)
+  split = classify.tfds_split(directory, "test", labeler=ReportLabeler())
+  examples = list(split.source.as_dataset().as_numpy_iterator())
+  study_ids = [e["study_id"].decode() for e in examples]
+  texts = [e["text"].decode() for e in examples]
+  base = os.path.dirname(synthetic_small)
+  full = os.path.join(base, "tfds_full")
+  manifest = export.export_tfds(model, directory, "test", full, part_size=16, batch_size=12)
+  assert manifest["count"] == 50 and manifest["kind"] == "image" and len(manifest["parts"]) == 4
+  back = export.read_export(full)
+  assert back.ids == study_ids and back.reports == texts
+  want = np.concatenate(
+    [
+      model.encode_image_arrays(b).embeddings
+      for b in classify.eval_images(split, model.tokenizer, model.image_size)
+    ]
+  )
+  np.testing.assert_allclose(back.embeddings, want, rtol=1e-5, atol=1e-6)
+
+  cut = os.path.join(base, "tfds_cut")
+  kw = dict(part_size=16, batch_size=12)
+  assert export.export_tfds(model, directory, "test", cut, stop_after_parts=2, **kw) is None
+  assert len(part_contents(cut)) == 2
+  export.export_tfds(model, directory, "test", cut, **kw)
+  for x, y in zip(part_contents(full), part_contents(cut), strict=True):
+    assert x.equals(y)
+
+  hosts = os.path.join(base, "tfds_hosts")
+  assert (
+    export.export_tfds(model, directory, "test", hosts, process_index=1, process_count=2, **kw)
+    is None
+  )
+  shards = export.export_tfds(
+    model, directory, "test", hosts, process_index=0, process_count=2, **kw
+  )
+  assert shards["process_count"] == 2 and {p[:9] for p in shards["parts"]} == {
+    "part-p000",
+    "part-p001",
+  }
+  both = export.read_export(hosts)
+  assert both.ids == study_ids
+  np.testing.assert_allclose(both.embeddings, back.embeddings, rtol=1e-5, atol=1e-6)
+
+
+def test_tfds_report_export_and_bad_split(trained_workdir, synthetic_small, tmp_path):
+  from jimte.inference import JimteModel
+
+  model = JimteModel.from_workdir(trained_workdir)
+  directory = export.tfds_directory("synthetic_cxr/small", synthetic_small)
+  out = str(tmp_path / "reports")
+  manifest = export.export_tfds(model, directory, "validation", out, kind="text", words=True)
+  assert manifest["kind"] == "text" and manifest["count"] == 50
+  back = export.read_export(out, columns=("word_mask",))
+  want = model.encode_reports(back.reports, words=True)
+  np.testing.assert_allclose(back.embeddings, want.embeddings, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(back.extra["word_mask"], want.word_mask)
+  with pytest.raises(KeyError, match="no split 'tset'"):
+    export.export_tfds(model, directory, "tset", str(tmp_path / "bad"))
+  with pytest.raises(FileNotFoundError, match="no built TFDS dataset"):
+    export.tfds_directory("synthetic_cxr/large", synthetic_small)
+
+
+def test_tfds_row_ids():
+  assert export.tfds_row_id(dict(study_id=b"s12", index=3)) == "s12"
+  assert export.tfds_row_id(dict(study_id=b"", dicom_id=b"d7", index=3)) == "d7"
+  assert export.tfds_row_id(dict(index=np.int64(3))) == "3"

@@ -116,3 +116,25 @@ def test_bad_inputs_are_clear_errors(model, trained_workdir, tmp_path):
     JimteModel.from_workdir(str(other))
   with pytest.raises(FileNotFoundError, match="config.json"):
     JimteModel.from_workdir(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("height,width,size", [(50, 40, 32), (20, 45, 32), (33, 31, 32)])
+def test_native_crop_geometry_is_the_eval_windows_place(height, width, size):
+  """Under `original_native`, a model-input pixel is the original pixel the geometry names (or the
+  padding where the window passes the edge): the window's start is torchvision's CenterCrop's."""
+  import tensorflow as tf
+
+  from data_pipeline.input.preprocess import eval_view
+  from jimte.inference import _native_window_start
+
+  levels = (np.arange(height * width) % 251 + 1).reshape(height, width, 1).astype(np.uint8)
+  view = eval_view(tf.constant(levels), size, native_crop=True).numpy()[..., 0]
+  top, left = _native_window_start(height, size), _native_window_start(width, size)
+  geometry = Geometry(height, width, top, left, size, size)
+  for r in range(size):
+    for c in range(size):
+      o_r, o_c = r + top, c + left  # the original pixel under input pixel (r, c)
+      assert geometry.to_input(o_r, o_c) == (r, c)
+      inside = 0 <= o_r < height and 0 <= o_c < width
+      expected = levels[o_r, o_c, 0] / 255.0 if inside else 0.0
+      assert view[r, c] == pytest.approx(expected, abs=1e-6), (r, c)

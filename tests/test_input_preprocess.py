@@ -1,5 +1,6 @@
 """Tests for `data_pipeline.input.preprocess`: study hash, decode, evaluation view, augmentation
-policies (aspect kept, centred crop, rotation and jitter ranges), rotate, MLM masking."""
+policies (aspect kept, centred crop, rotation and jitter ranges), the native-resolution crop and
+nearest rotation of the original release, rotate, MLM masking."""
 
 from __future__ import annotations
 
@@ -294,3 +295,116 @@ def test_mlm_masking_rates_are_configurable(tokenizer):
   assert abs(selected.sum() / (batch["tokens"] >= tok.FIRST_ORDINARY_ID).sum() - 0.5) < 0.01
   with pytest.raises(ValueError):
     inp.MlmMasking(mask_fraction=0.95, random_fraction=0.1)
+
+
+# --- the release's crop at native resolution and its nearest-pixel rotation ----------------------
+
+
+def _distinct_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+  """uint8 [H, W, 1] with values in 1..255 (0 is the fill), all over the place."""
+  return np.random.default_rng(seed).integers(1, 256, (height, width, 1), dtype=np.uint8)
+
+
+def _as_float(image: np.ndarray) -> np.ndarray:
+  return tf.image.convert_image_dtype(tf.constant(image), tf.float32).numpy()
+
+
+def _window_position(view: np.ndarray, padded: np.ndarray) -> tuple[int, int]:
+  """The (top, left) of the one window of `padded` that `view` equals pixel for pixel."""
+  size = view.shape[0]
+  hits = [
+    (top, left)
+    for top in range(padded.shape[0] - size + 1)
+    for left in range(padded.shape[1] - size + 1)
+    if np.array_equal(padded[top : top + size, left : left + size], view)
+  ]
+  assert len(hits) == 1, hits
+  return hits[0]
+
+
+NATIVE_STILL = dataclasses.replace(
+  preprocess.ORIGINAL_NATIVE,
+  max_rotation_degrees=0,
+  brightness_factor_range=(1, 1),
+  contrast_range=(1, 1),
+)
+
+
+@pytest.mark.parametrize("shape", [(50, 70), (20, 40)])
+def test_native_crop_is_a_pixel_exact_window_padded_as_torchvision(shape):
+  """RandomCrop(32, pad_if_needed=True): a side shorter than 32 is padded by 32 - n on both ends
+  (20 rows -> 12 + 20 + 12); the view is then one window of the image, nothing resampled."""
+  image = _distinct_image(*shape)
+  pad = max(32 - shape[0], 0)
+  padded = np.pad(_as_float(image), [(pad, pad), (0, 0), (0, 0)])
+  positions = set()
+  for i in range(12):
+    view = preprocess.augment_image(
+      tf.constant(image), 32, tf.constant([11, i], tf.int64), NATIVE_STILL
+    ).numpy()
+    assert view.shape == (32, 32, 1)
+    positions.add(_window_position(view, padded))
+  assert len(positions) > 6, "the window's place is drawn anew for every key"
+  if pad:
+    assert {top for top, _ in positions} != {pad}, "windows reach into the padding"
+
+
+def test_native_evaluation_view_is_torchvisions_centre_crop():
+  """CenterCrop(32): the window at round((n - 32) / 2), halves to even (71 wide: 19.5 -> 20); a side
+  shorter than 32 is padded (32 - n) // 2 before and the rest after."""
+  image = _distinct_image(50, 71)
+  view = preprocess.eval_view(tf.constant(image), 32, native_crop=True).numpy()
+  np.testing.assert_array_equal(view, _as_float(image)[9:41, 20:52])
+  small = _distinct_image(21, 41, seed=1)
+  view = preprocess.eval_view(tf.constant(small), 32, native_crop=True).numpy()
+  expected = np.pad(_as_float(small), [(5, 6), (0, 0), (0, 0)])[:, 4:36]
+  np.testing.assert_array_equal(view, expected)
+
+
+def test_native_policy_by_name_and_evaluation_follow_it(tokenizer):
+  assert preprocess.resolve_augmentation("original_native") == preprocess.ORIGINAL_NATIVE
+  assert preprocess.ORIGINAL_NATIVE.native_crop and not preprocess.ORIGINAL.native_crop
+  assert preprocess.uses_native_crop("original_native")
+  assert not any(map(preprocess.uses_native_crop, ("original", "mild", "none", True, False)))
+  with pytest.raises(ValueError, match="native_crop.*crop_side_range"):
+    inp.Augmentation(native_crop=True)  # the mild crop fraction has no meaning there
+  image = _distinct_image(50, 71)
+  process = preprocess.make_processor(
+    tokenizer=tokenizer,
+    image_size=32,
+    seed=0,
+    process_index=0,
+    augmentation=None,
+    masking=None,
+    extra_keys=(),
+    eval_native_crop=True,
+  )
+  example = {"image": tf.constant(image), "text": tf.constant("a"), "study_id": tf.constant("s")}
+  row = process({**example, "index": tf.constant(0)}, tf.constant(0))
+  np.testing.assert_allclose(row["image"].numpy(), _as_float(image)[9:41, 20:52] * 2 - 1, atol=0)
+
+
+def test_nearest_rotation_only_copies_input_pixels():
+  """RandomRotation's default: every output pixel is an input pixel or the fill 0; bilinear
+  rotation blends neighbours into values the input does not have."""
+  image = _as_float(_distinct_image(40, 30))
+  values = set(image.ravel().tolist())
+  for angle in (0.05, -0.2, 0.26):
+    nearest = inp.rotate(tf.constant(image), tf.constant(angle), "nearest").numpy()
+    assert set(nearest.ravel().tolist()) <= values | {0.0}
+    assert np.mean(nearest > 0) > 0.7
+    bilinear = inp.rotate(tf.constant(image), tf.constant(angle), "bilinear").numpy()
+    assert not set(bilinear.ravel().tolist()) <= values | {0.0}
+  with pytest.raises(ValueError, match="interpolation.*cubic"):
+    inp.rotate(tf.constant(image), tf.constant(0.1), "cubic")
+
+
+def test_original_policies_rotate_with_nearest_pixels_at_native_scale():
+  assert preprocess.ORIGINAL.rotation_interpolation == "nearest"
+  assert inp.Augmentation().rotation_interpolation == "bilinear"  # the default config's mild
+  image = _distinct_image(48, 64)
+  values = set(_as_float(image).ravel().tolist()) | {0.0}
+  settings = dataclasses.replace(NATIVE_STILL, max_rotation_degrees=15)
+  for i in range(4):
+    view = preprocess.augment_image(tf.constant(image), 32, tf.constant([2, i], tf.int64), settings)
+    assert set(view.numpy().ravel().tolist()) <= values

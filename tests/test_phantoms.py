@@ -494,7 +494,10 @@ def test_config_data_phantom_sets_the_generator_knobs_and_names_bad_ones():
   from jimte import data as data_lib
 
   c = default.get_config()
-  assert data_lib.phantom_config(c.data) == phantoms.PhantomConfig(image_size=c.data.phantom_size)
+  # The demo's default (docs/ablations.md): 90% of studies abnormal, the generator's default else.
+  assert data_lib.phantom_config(c.data) == phantoms.PhantomConfig(
+    image_size=c.data.phantom_size, abnormal_probability=0.9
+  )
   c.data.phantom.abnormal_probability = 1.0
   made = data_lib.phantom_config(c.data)
   assert made.abnormal_probability == 1.0

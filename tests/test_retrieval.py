@@ -206,6 +206,7 @@ def test_cosine_matrix_is_scale_invariant():
     (dict(pool_sampling="shuffled"), "pool_sampling"),
     (dict(one_image_per_study="yes"), "one_image_per_study"),
     (dict(same_findings=1), "same_findings"),
+    (dict(same_findings="yes"), "same_findings"),
   ],
 )
 def test_bad_retrieval_settings_name_their_key(setting, key):
@@ -419,6 +420,12 @@ def test_evaluator_reports_same_findings_recall_from_the_split_labels(tokenizer,
       "b": dict(
         type="retrieval", split="bare", scores=("global",), pool_size=0, same_findings=True
       ),
+      "auto": dict(
+        type="retrieval", split="bare", scores=("global",), pool_size=0, same_findings="auto"
+      ),
+      "auto_labelled": dict(
+        type="retrieval", split="test", scores=("global",), pool_size=0, same_findings="auto"
+      ),
     }
   )
   by_name = {e.name: e for e in registry.build_evaluators(config)}
@@ -436,3 +443,9 @@ def test_evaluator_reports_same_findings_recall_from_the_split_labels(tokenizer,
   assert out["global/same_findings/i2t_R@1"] >= out["global/i2t_R@1"]
   with pytest.raises(ValueError, match=r"config\.evals\.b\.same_findings: split 'bare' has no"):
     by_name["b"](encoded, data=data, workdir=str(tmp_path))
+  # "auto" (the default config's): where the split has labels, the same as True; where it has
+  # none, the exact-pair recall alone.
+  assert by_name["auto_labelled"](encoded, data=data, workdir=str(tmp_path)) == out
+  bare = by_name["auto"](encoded, data=data, workdir=str(tmp_path))
+  assert not any("same_findings" in key for key in bare)
+  assert bare["global/i2t_R@1"] == out["global/i2t_R@1"]

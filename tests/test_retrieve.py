@@ -123,3 +123,37 @@ def test_text_query_with_model(trained_workdir, text_export, tmp_path):
   want = np.argsort(-(emb @ query), kind="stable")[:3]
   assert [h["id"] for h in result["hits"]] == [f"c{j}" for j in want]
   assert [h["report"] for h in result["hits"]] == [texts[j] for j in want]
+
+
+def test_image_query_through_cli(trained_workdir, tmp_path):
+  """An image file as the query against an image export: image→image, the same file first with
+  score 1, the order equal to brute force; an unreadable query file is refused by name."""
+  from PIL import Image
+
+  from jimte.inference import JimteModel
+
+  folder = tmp_path / "xrays"
+  folder.mkdir()
+  rng = np.random.default_rng(3)
+  names = [f"x{i}.png" for i in range(5)]
+  for i, name in enumerate(names):
+    Image.fromarray((rng.random((40, 36 + 2 * i)) * 255).astype(np.uint8)).save(folder / name)
+  model = JimteModel.from_workdir(trained_workdir)
+  out = str(tmp_path / "exp")
+  export.export_folder(model, str(folder), out)
+  query = str(folder / "x2.png")
+  args = ("retrieve", "--index", out, "--workdir", trained_workdir, "--k", "3", "--json")
+  proc = cli(*args, "--image", query)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(proc.stdout)
+  assert result["direction"] == "image→image"
+  emb = model.encode_images([str(folder / n) for n in names]).embeddings
+  scores = emb @ emb[2]
+  want = np.argsort(-scores, kind="stable")[:3]
+  assert [h["id"] for h in result["hits"]] == [names[j] for j in want]
+  assert result["hits"][0]["id"] == "x2.png"
+  assert result["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+  broken = tmp_path / "broken.png"
+  broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+  proc = cli(*args, "--image", str(broken))
+  assert proc.returncode == 2 and "broken.png" in proc.stderr

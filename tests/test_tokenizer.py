@@ -265,3 +265,90 @@ def test_model_type_is_read_back_from_the_model(words, tokenizer, reports, tmp_p
     tok.Tokenizer.load(saved)
   with pytest.raises(ValueError, match="model_type"):
     tok.train_sentencepiece(reports[0][:10], model_type="char")
+
+
+# --- the original release's word rule (word_normalizer="original") -------------------------------
+
+# What the release's `normalize_report` + `.lower()` + RegexpTokenizer(r'\w+') make of report
+# sentences, worked out by hand from scispaCy's tokenizer rules and spaCy's `like_num`.
+ORIGINAL_WORDS = {
+  "Heart size normal. No effusion, XXXX.": "heart size normal no effusion xxxx",
+  # '3.5' and '50' are numbers (suffix '%' split off); T12-L1 is one token, not a number.
+  "3.5 cm (left) T12-L1; 50% a/b \u2014 x-XXXX": "number cm left t12 l1 number a b x xxxx",
+  # '10-15' splits at the hyphen between digits, '15mm' at the unit; 'e.g.' loses its periods;
+  # 'left.Right' splits at '.' before a capital; number words and fractions are numbers.
+  "Two views. 1. 10-15mm nodule, e.g. left.Right lung 1/2 way.": (
+    "number views number number number mm nodule eg left right lung number way"
+  ),
+  # 'DEID' is deleted; a run of '_' leaves one '_' word; ordinals are numbers; '10:30' is no
+  # number (two words); 'one-third' is one token, no number.
+  "DEID ___ seen 2nd time on first film at 10:30, one-third x-ray": (
+    "_ seen number time on number film at 10 30 one third x ray"
+  ),
+  "Compared to prior (2). +5 -3 \u00b12 T5 3x4": (
+    "compared to prior number number number number t5 3x4"
+  ),
+}
+
+
+def test_original_word_rule_on_report_sentences_in_python_and_graph(reports):
+  texts = list(ORIGINAL_WORDS)
+  assert [tok.normalize_original_words(t) for t in texts] == list(ORIGINAL_WORDS.values())
+  texts += reports[1][:400] + TRICKY
+  python = [tok.normalize_original_words(t) for t in texts]
+  graph = tok.normalize_original_words_tf(tf.constant(texts)).numpy()
+  assert [g.decode("utf-8") for g in graph] == python
+
+
+@pytest.fixture(scope="module")
+def original_words(reports) -> tok.Tokenizer:
+  train, _ = reports
+  return tok.Tokenizer.train(
+    train,
+    max_len=512,
+    vocab_size=3000,
+    model_type="word",
+    word_normalizer="original",
+    num_threads=1,
+  )
+
+
+def test_original_word_model_is_recorded_in_the_model_and_tokenizes_alike(
+  original_words, reports, tmp_path
+):
+  assert original_words.normalizer == tok.ORIGINAL_WORD_NORMALIZER_NAME
+  # The model alone says which rule it needs (a tokenizer rebuilt from it, as the pipelines do).
+  rebuilt = tok.Tokenizer(original_words.model_proto, max_len=64)
+  assert rebuilt.normalizer == tok.ORIGINAL_WORD_NORMALIZER_NAME
+  pieces = {original_words.id_to_piece(i) for i in range(original_words.vocab_size)}
+  assert "▁number" in pieces and "▁xxxx" in pieces and "▁XXXX" not in pieces
+  texts = reports[1][:200] + list(ORIGINAL_WORDS)
+  eager = original_words.encode(texts)
+  np.testing.assert_array_equal(original_words.tokenize(tf.constant(texts)).numpy(), eager)
+  body = (eager != tok.PAD_ID) & (eager != tok.BOS_ID) & (eager != tok.EOS_ID)
+  expected = [len(tok.normalize_original_words(t).split()) for t in texts]
+  np.testing.assert_array_equal(body.sum(axis=1), expected)
+  loaded = tok.Tokenizer.load(original_words.save(tmp_path / "original"))
+  assert loaded.normalizer == tok.ORIGINAL_WORD_NORMALIZER_NAME
+  np.testing.assert_array_equal(loaded.encode(texts), eager)
+  with pytest.raises(ValueError, match="word_normalizer.*model_type='word'"):
+    tok.train_sentencepiece(reports[0][:10], word_normalizer="original")
+  with pytest.raises(ValueError, match="word_normalizer must be one of"):
+    tok.train_sentencepiece(reports[0][:10], model_type="word", word_normalizer="scispacy")
+
+
+def test_a_run_trains_its_tokenizer_with_the_configured_word_rule(tmp_path):
+  """config.tokenizer.word_normalizer reaches the trainer's tokenizer (and the saved one)."""
+  import ml_collections
+
+  from jimte.data import _load_or_train_tokenizer
+
+  texts = ["Heart size 12 cm, normal.", "No effusion. 3 nodules seen."] * 20
+  for rule, expected in (("original", tok.ORIGINAL_WORD_NORMALIZER_NAME), ("plain", None)):
+    tc = dict(vocab_size=40, max_len=16, model_type="word", word_normalizer=rule, path="")
+    config = ml_collections.ConfigDict(dict(tokenizer=tc))
+    directory = str(tmp_path / rule)
+    tokenizer = _load_or_train_tokenizer(config, directory, None, texts)
+    assert (tokenizer.normalizer == tok.ORIGINAL_WORD_NORMALIZER_NAME) == (expected is not None)
+    assert tok.Tokenizer.load(directory).normalizer == tokenizer.normalizer
+    assert ("number" in tokenizer.decode(tokenizer.encode(["12 cm"]))[0]) == (rule == "original")

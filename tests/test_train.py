@@ -51,17 +51,27 @@ def test_training_learns_the_pairing(tmp_path):
   assert "eval/retrieval/global/i2t_R@10" in final and "eval/retrieval/chance_R@10" in final
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path):
+def test_resume_matches_an_uninterrupted_run(tmp_path, capsys):
   c = tiny_config(**{"num_epochs": 2.0, "loss.mixture": False})  # 16 image-text steps
   _, full = train.train_and_evaluate(c, str(tmp_path / "full"), progress=False)
   _, first = train.train_and_evaluate(
     c, str(tmp_path / "split"), stop_after_steps=6, progress=False
   )
   assert int(first.step) == 6
+  capsys.readouterr()
   _, resumed = train.train_and_evaluate(c, str(tmp_path / "split"), progress=False)
   assert int(resumed.step) == int(full.step) == int(full.itm_step) == 16
   for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
+  # The grounding figures of the untrained model, written at the start of a run and printed
+  # beside the trained ones at its end, a resumed run included (read back from the work dir).
+  untrained = json.loads((tmp_path / "split" / "untrained_metrics.json").read_text())
+  assert untrained == json.loads((tmp_path / "full" / "untrained_metrics.json").read_text())
+  assert untrained["eval/grounding/num_phrases"] > 0
+  printed = capsys.readouterr().out
+  assert "grounding of" in printed and "(untrained in brackets)" in printed
+  final = json.loads((tmp_path / "split" / "final_metrics.json").read_text())
+  assert final["eval/grounding/num_phrases"] == untrained["eval/grounding/num_phrases"]
 
 
 def _spy_on_streams(monkeypatch) -> dict[str, list[np.ndarray]]:

@@ -35,6 +35,7 @@ from data_pipeline.input.preprocess import (
   mask_tokens,
   rotate,
   study_index,
+  uses_native_crop,
 )
 from data_pipeline.input.sources import (
   OPTIONAL_EXAMPLE_KEYS,
@@ -73,4 +74,5 @@ __all__ = [
   "mask_tokens",
   "rotate",
   "study_index",
+  "uses_native_crop",
 ]

@@ -349,12 +349,15 @@ def make_eval_batches(
   process_index: int = 0,
   process_count: int = 1,
   extra_keys: Sequence[str] = (),
+  eval_native_crop: bool = False,
 ) -> EvalBatches:
   """Every example of the split exactly once across hosts, in order, without augmentation.
 
   Each host pads its share with `valid=False` rows up to ceil(largest share / batch_size) batches,
   so all hosts run the same number of steps. MLM masks (when on) are seeded by (seed, example
   index). `num_examples` is needed only for a tf.data.Dataset of unknown cardinality.
+  `eval_native_crop`: the centred window at native resolution, for runs trained with the
+  `original_native` policy (`preprocess.uses_native_crop`).
   """
   check_process(process_index, process_count)
   source = as_source(source, num_examples)
@@ -369,6 +372,7 @@ def make_eval_batches(
     augmentation=None,
     masking=masking,
     extra_keys=extra_keys,
+    eval_native_crop=eval_native_crop,
   )
   dataset = source.as_dataset(process_index, process_count).map(
     lambda example: process(example, example["index"]),

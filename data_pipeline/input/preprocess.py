@@ -19,7 +19,8 @@ STUDY_HASH_BUCKETS = 2**31 - 1
 PADDING_INDEX = -1
 
 
-AUGMENT_POLICIES = ("original", "mild", "none")
+AUGMENT_POLICIES = ("original_native", "original", "mild", "none")
+ROTATION_INTERPOLATIONS = ("bilinear", "nearest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,14 @@ class Augmentation:
   `jitter_last` picks the order. True (the original's torchvision pipeline): rotate the scaled
   image, crop, then brightness and contrast in a random order (as `ColorJitter`), the rotated
   corners included. False: crop, jitter, then rotate the crop, so its corners stay black.
+
+  `rotation_interpolation`: "bilinear", or "nearest" (torchvision `RandomRotation`'s default: every
+  output pixel is an input pixel or 0).
+
+  `native_crop` (the release's `RandomCrop(S, pad_if_needed=True)`): instead of the scaled square,
+  an S x S window of the image at its stored resolution, nothing resampled but the rotation; a side
+  shorter than S is first padded with 0 by S - n on both ends, as torchvision pads. Its evaluation
+  view is `eval_view(..., native_crop=True)` (`CenterCrop(S)`). `crop_side_range` must stay (1, 1).
   """
 
   max_rotation_degrees: float = 15.0
@@ -44,20 +53,34 @@ class Augmentation:
   brightness_factor_range: tuple[float, float] = (1.0, 1.0)
   contrast_range: tuple[float, float] = (0.8, 1.2)
   jitter_last: bool = False
+  rotation_interpolation: str = "bilinear"
+  native_crop: bool = False
 
   def __post_init__(self):
     low, high = self.crop_side_range
     if not 0 < low <= high <= 1:
       raise ValueError(f"crop_side_range must satisfy 0 < low <= high <= 1, got {(low, high)}")
+    if self.native_crop and (low, high) != (1.0, 1.0):
+      raise ValueError(
+        f"crop_side_range {(low, high)} applies to the scaled crop; native_crop takes a fixed "
+        "image_size window, so it needs crop_side_range=(1.0, 1.0)"
+      )
+    if self.rotation_interpolation not in ROTATION_INTERPOLATIONS:
+      raise ValueError(
+        f"rotation_interpolation must be one of {ROTATION_INTERPOLATIONS}, "
+        f"got {self.rotation_interpolation!r}"
+      )
     for name in ("brightness_factor_range", "contrast_range"):
       low, high = getattr(self, name)
       if not 0 <= low <= high:
         raise ValueError(f"{name} must satisfy 0 <= low <= high, got {(low, high)}")
 
 
-# JoImTeR/dataset_mimic_pretrain.py: RandomRotation(15), RandomCrop(2048), ColorJitter(brightness
-# and contrast factors in [0.5, 1.8]); saturation is a no-op on grayscale. The crop spans the whole
-# shorter side here: records are stored at a maximum side, not at MIMIC-CXR's native resolution.
+# JoImTeR/dataset_mimic_pretrain.py: RandomRotation(15) (nearest pixels), RandomCrop(2048,
+# pad_if_needed=True), ColorJitter(brightness and contrast factors in [0.5, 1.8]); saturation is a
+# no-op on grayscale. ORIGINAL_NATIVE crops at the stored resolution as the release does (MIMIC:
+# `tfds_config=frontal_native`); ORIGINAL first scales the shorter side to S, so its crop spans the
+# whole shorter side of records stored at a maximum side.
 ORIGINAL = Augmentation(
   max_rotation_degrees=15.0,
   crop_side_range=(1.0, 1.0),
@@ -65,7 +88,9 @@ ORIGINAL = Augmentation(
   brightness_factor_range=(0.5, 1.8),
   contrast_range=(0.5, 1.8),
   jitter_last=True,
+  rotation_interpolation="nearest",
 )
+ORIGINAL_NATIVE = dataclasses.replace(ORIGINAL, native_crop=True)
 MILD = Augmentation()
 
 
@@ -76,7 +101,13 @@ def resolve_augmentation(value: Augmentation | str | bool | None) -> Augmentatio
     return value
   if isinstance(value, bool):
     return MILD if value else None
-  policies = {"original": ORIGINAL, "mild": MILD, "none": None, "": None}
+  policies = {
+    "original_native": ORIGINAL_NATIVE,
+    "original": ORIGINAL,
+    "mild": MILD,
+    "none": None,
+    "": None,
+  }
   if isinstance(value, str) and value in policies:
     return policies[value]
   raise ValueError(
@@ -126,9 +157,42 @@ def _to_float(image: tf.Tensor) -> tf.Tensor:
   return tf.image.convert_image_dtype(image, tf.float32)
 
 
-def eval_view(image: tf.Tensor, image_size: int) -> tf.Tensor:
+def uses_native_crop(value: Augmentation | str | bool | None) -> bool:
+  """Whether `config.data.augment` crops at native resolution, so that evaluation must take the
+  native centre window too (`eval_view(..., native_crop=True)`)."""
+  augmentation = resolve_augmentation(value)
+  return augmentation is not None and augmentation.native_crop
+
+
+def _round_half_even_half(length: tf.Tensor) -> tf.Tensor:
+  """Python's round(length / 2) for an int32 length (halves to even), as torchvision's centre crop
+  places its window."""
+  half = length // 2
+  return half + (length % 2) * (half % 2)
+
+
+def _native_centre_window(image: tf.Tensor, image_size: int) -> tf.Tensor:
+  """torchvision `CenterCrop(S)`: pad a side shorter than S with 0 ((S - n) // 2 before, the rest
+  after), then the S x S window at round((n - S) / 2). Pixels are copied, never resampled."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  pad_rows, pad_cols = tf.maximum(image_size - height, 0), tf.maximum(image_size - width, 0)
+  image = tf.pad(
+    image,
+    [[pad_rows // 2, pad_rows - pad_rows // 2], [pad_cols // 2, pad_cols - pad_cols // 2], [0, 0]],
+  )
+  top = _round_half_even_half(tf.shape(image)[0] - image_size)
+  left = _round_half_even_half(tf.shape(image)[1] - image_size)
+  return image[top:, left:][:image_size, :image_size]
+
+
+def eval_view(image: tf.Tensor, image_size: int, native_crop: bool = False) -> tf.Tensor:
   """uint8 [H, W, 1] -> float32 [S, S, 1] in [0, 1]: the centred square of side min(H, W), scaled
-  to S. Deterministic, and never stretches (a square image is simply resized)."""
+  to S, or with `native_crop` the centred S x S window at the stored resolution (padded with 0
+  where the image is smaller). Deterministic, and never stretches."""
+  if native_crop:
+    return tf.ensure_shape(
+      _native_centre_window(_to_float(image), image_size), [image_size, image_size, 1]
+    )
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   side = tf.minimum(height, width)
   image = image[(height - side) // 2 :, (width - side) // 2 :][:side, :side]
@@ -144,9 +208,13 @@ def _offset(key: tf.Tensor, room: tf.Tensor) -> tf.Tensor:
   return tf.random.stateless_uniform([], key, minval=0, maxval=room + 1, dtype=tf.int32)
 
 
-def rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
-  """Rotates a float [S, S, C] image by `angle` radians about its centre; uncovered corners become
-  0."""
+def rotate(image: tf.Tensor, angle: tf.Tensor, interpolation: str = "bilinear") -> tf.Tensor:
+  """Rotates a float [H, W, C] image by `angle` radians about its centre; uncovered corners become
+  0. `interpolation`: "bilinear" or "nearest" (each output pixel an input pixel or 0)."""
+  if interpolation not in ROTATION_INTERPOLATIONS:
+    raise ValueError(
+      f"interpolation must be one of {ROTATION_INTERPOLATIONS}, got {interpolation!r}"
+    )
   height = tf.cast(tf.shape(image)[0], tf.float32)
   width = tf.cast(tf.shape(image)[1], tf.float32)
   cos, sin = tf.cos(angle), tf.sin(angle)
@@ -169,7 +237,7 @@ def rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
     transforms=transform[None],
     output_shape=tf.shape(image)[:2],
     fill_value=0.0,
-    interpolation="BILINEAR",
+    interpolation=interpolation.upper(),
     fill_mode="CONSTANT",
   )
   return rotated[0]
@@ -206,17 +274,42 @@ def _rotate_randomly(image: tf.Tensor, key: tf.Tensor, augmentation: Augmentatio
     return image
   max_angle = augmentation.max_rotation_degrees * math.pi / 180
   angle = tf.random.stateless_uniform([], key, minval=-max_angle, maxval=max_angle)
-  return tf.clip_by_value(rotate(image, angle), 0.0, 1.0)
+  rotated = rotate(image, angle, augmentation.rotation_interpolation)
+  return tf.clip_by_value(rotated, 0.0, 1.0)
+
+
+def _random_native_window(
+  image: tf.Tensor, image_size: int, row_key: tf.Tensor, col_key: tf.Tensor
+) -> tf.Tensor:
+  """torchvision `RandomCrop(S, pad_if_needed=True)`: a side n < S is padded with 0 by S - n on both
+  ends (what its `F.pad(img, [S - n, 0])` does), then a uniform S x S window."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  pad_rows, pad_cols = tf.maximum(image_size - height, 0), tf.maximum(image_size - width, 0)
+  image = tf.pad(image, [[pad_rows, pad_rows], [pad_cols, pad_cols], [0, 0]])
+  top = _offset(row_key, tf.shape(image)[0] - image_size)
+  left = _offset(col_key, tf.shape(image)[1] - image_size)
+  return image[top:, left:][:image_size, :image_size]
 
 
 def augment_image(
   image: tf.Tensor, image_size: int, key: tf.Tensor, augmentation: Augmentation
 ) -> tf.Tensor:
-  """uint8 [H, W, 1] -> float32 [S, S, 1] in [0, 1]: square crop scaled to S, jitter, rotation, in
-  the order `augmentation.jitter_last` names (seeded by key). Proportions are always kept."""
+  """uint8 [H, W, 1] -> float32 [S, S, 1] in [0, 1]: square crop scaled to S (or an S x S window at
+  native resolution, `native_crop`), jitter, rotation, in the order `augmentation.jitter_last`
+  names (seeded by key). Proportions are always kept."""
   side_key, row_key, col_key, angle_key, jitter_key = tf.unstack(
     tf.random.experimental.stateless_split(key, num=5)
   )
+  if augmentation.native_crop:
+    image = _to_float(image)
+    if augmentation.jitter_last:  # the release: rotate the whole image, crop, jitter
+      image = _rotate_randomly(image, angle_key, augmentation)
+      image = _random_native_window(image, image_size, row_key, col_key)
+      return _jitter(image, jitter_key, augmentation)
+    image = _jitter(
+      _random_native_window(image, image_size, row_key, col_key), jitter_key, augmentation
+    )
+    return _rotate_randomly(image, angle_key, augmentation)
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   fraction = _uniform(side_key, augmentation.crop_side_range)
   if augmentation.jitter_last:
@@ -305,11 +398,14 @@ def make_processor(
   augmentation: Augmentation | str | bool | None,
   masking: MlmMasking | None,
   extra_keys: Sequence[str],
+  eval_native_crop: bool = False,
 ) -> Callable[[dict[str, tf.Tensor], tf.Tensor], dict[str, tf.Tensor]]:
   """Builds the map function: (example, rng position) -> one batch row as in the contract.
 
   `augmentation`: settings, a policy name (`AUGMENT_POLICIES`) or a bool (see
-  `resolve_augmentation`); none means the evaluation view (centred square, scaled).
+  `resolve_augmentation`); none means the evaluation view (centred square, scaled; with
+  `eval_native_crop` the centred window at native resolution, for runs that train with
+  `native_crop`, see `uses_native_crop`).
   """
   augmentation = resolve_augmentation(augmentation)
 
@@ -318,7 +414,7 @@ def make_processor(
     image_key, mlm_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2))
     image = decode_image(example["image"])
     if augmentation is None:
-      image = eval_view(image, image_size)
+      image = eval_view(image, image_size, native_crop=eval_native_crop)
     else:
       image = augment_image(image, image_size, image_key, augmentation)
     tokens = tokenizer.tokenize(example["text"])

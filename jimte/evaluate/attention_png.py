@@ -1,8 +1,10 @@
 """A PNG of word->region attention: for a few held-out pairs, the X-ray with the attention of its
 best-matched words overlaid (the second softmax of losses.md, alpha[k, r], upsampled to the image).
 
-The words shown are the report's tokens with the highest matching term cos(E_k, c_k), i.e. the words
-the model grounds most confidently; ground-truth boxes are drawn when the split carries them.
+Where the split carries ground truth (the synthetic set), the panels show the report's finding
+phrases (`jimte.evaluate.grounding.finding_phrases`: 'nodular opacity', 'effusions', ...) with their
+boxes; elsewhere, the content words with the highest matching term cos(E_k, c_k), i.e. the words the
+model grounds most confidently.
 """
 
 from __future__ import annotations
@@ -121,11 +123,13 @@ def save_attention_png(
   num_pairs: int = 4,
   words_per_pair: int = 4,
   boxes: Mapping[int, list[tuple[str, tuple[float, float, float, float]]]] | None = None,
+  phrases: Mapping[int, list[tuple[str, list[int]]]] | None = None,
 ) -> str:
   """Writes the figure to `path` and returns it. `encoded` must hold 'image' and 'image_index'.
 
-  Each panel shows one whole word of the report (its pieces' attention averaged), chosen among the
-  report's content words by the best matching term cos(E_k, c_k).
+  Each panel shows one phrase of the report (its pieces' attention averaged): for a pair with
+  `phrases` (example index -> [(label, alignment-word slots)]), those; otherwise whole content
+  words chosen by the best matching term cos(E_k, c_k).
   """
   import matplotlib
 
@@ -147,7 +151,15 @@ def save_attention_png(
     report = tokenizer.decode(tokens[None])[0]
     axes[i, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
     axes[i, 0].set_title(_wrap(report, 42), fontsize=5.5, loc="left")
-    for j, (word, group, score) in enumerate(pick_words(pieces, match[i], words_per_pair)):
+    index = int(encoded["image_index"][i])
+    if phrases and phrases.get(index):
+      chosen = [
+        (label, list(slots), float(np.max(match[i][list(slots)])))
+        for label, slots in phrases[index][:words_per_pair]
+      ]
+    else:
+      chosen = pick_words(pieces, match[i], words_per_pair)
+    for j, (word, group, score) in enumerate(chosen):
       ax = axes[i, 1 + j]
       ax.imshow(img, cmap="gray", vmin=0, vmax=1)
       heat = alpha[i, group].mean(axis=0)
@@ -173,7 +185,9 @@ def save_attention_png(
       if not ax.images:
         ax.axis("off")
   fig.suptitle(
-    "word -> region attention (alpha) on held-out pairs; green: ground-truth boxes", fontsize=9
+    "word -> region attention (alpha) on held-out pairs; green: ground-truth boxes"
+    + (" of the findings shown" if phrases else ""),
+    fontsize=9,
   )
   fig.tight_layout()
   import io

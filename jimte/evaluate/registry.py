@@ -12,6 +12,7 @@ is read, naming its key.
 from __future__ import annotations
 
 import abc
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -23,9 +24,19 @@ import numpy as np
 
 from data_pipeline.input import study_filter
 from jimte import multihost
-from jimte.evaluate import attention_png, encode, retrieval
+from jimte.evaluate import attention_png, encode, grounding, retrieval
 
 log = logging.getLogger("jimte.evaluate")
+
+UNTRAINED_METRICS = "untrained_metrics.json"  # in the work dir: results before the first update
+
+
+def tf_gfile():
+  """tf.io.gfile: the work dir may be on GCS."""
+  import tensorflow as tf
+
+  return tf.io.gfile
+
 
 COMMON_KEYS = ("type", "split", "every_steps")  # the keys every entry of config.evals has
 
@@ -62,6 +73,12 @@ class Evaluator(abc.ABC):
     """Whether it runs during training after `step` updates."""
     return self.every_steps > 0 and step % self.every_steps == 0
 
+  wants_untrained_baseline: bool = False  # also run on the state before the first update
+  untrained: dict[str, float] | None = None  # those results, for printing beside the trained ones
+
+  def check(self, data) -> None:  # noqa: B027 (a hook: most evaluators need nothing checked)
+    """Fails before training when the data cannot give what it needs (naming its key)."""
+
   def input_split(self, data) -> str:
     """The name in `data.sources` of what it encodes: its split, or a restriction of it that it
     registered there. Every process calls it at the same point (it may broadcast)."""
@@ -81,7 +98,8 @@ class RetrievalEvaluator(Evaluator):
   identical to the true one counts as a hit (read once from the split); `one_image_per_study`:
   score one frontal image per study (`data_pipeline.input.study_filter`), reporting how many
   images were dropped. `same_findings`: also report recall where a hit is any case with the same
-  set of positive labels as the query (exact on the synthetic set; needs a split with labels).
+  set of positive labels as the query (exact on the synthetic set): True needs a split with labels
+  (an error otherwise), "auto" reports it where the split has labels and logs that it does not.
   """
 
   TYPE = "retrieval"
@@ -114,14 +132,17 @@ class RetrievalEvaluator(Evaluator):
         f"{', '.join(retrieval.POOL_SAMPLINGS)}"
       )
     for key in ("identical_texts_match", "one_image_per_study", "same_findings"):
-      if not isinstance(self.settings[key], bool):
-        raise ValueError(f"{self.key}.{key}: {self.settings[key]!r} is not True or False")
+      value = self.settings[key]
+      if not isinstance(value, bool) and not (key == "same_findings" and value == "auto"):
+        allowed = "True, False or 'auto'" if key == "same_findings" else "True or False"
+        raise ValueError(f"{self.key}.{key}: {value!r} is not {allowed}")
     self.ks = tuple(int(k) for k in self.settings["ks"])
     self.scores = tuple(self.settings["scores"])
     self.gammas = {g: float(config.loss[g]) for g in ("gamma1", "gamma2", "gamma3")}
     self._metadata: study_filter.StudyMetadata | None = None
     self._input_split: str | None = None
     self._filter_results: dict[str, float] = {}
+    self._said_no_labels = False
 
   def metadata(self, data) -> study_filter.StudyMetadata:
     """Ids, reports and views of the whole split, read once per run."""
@@ -160,11 +181,15 @@ class RetrievalEvaluator(Evaluator):
       rows = np.searchsorted(meta.index, encoded["index"])
       if self.settings["identical_texts_match"]:
         texts = meta.text[rows]
-      if self.settings["same_findings"]:
-        if meta.labels is None:
+      if self.settings["same_findings"] and meta.labels is None:
+        if self.settings["same_findings"] != "auto":
           raise ValueError(
             f"{self.key}.same_findings: split {self.split!r} has no labels to compare findings"
           )
+        if not self._said_no_labels:
+          logging.info("%s: split %r has no labels: no same-findings recall", self.key, self.split)
+          self._said_no_labels = True
+      elif self.settings["same_findings"]:
         finding_sets = retrieval.finding_set_groups(meta.labels[rows])
     s = self.settings
     results = retrieval.evaluate(
@@ -248,6 +273,15 @@ class AttentionPngEvaluator(Evaluator):
     if jax.process_index() != 0:  # one writer of the shared work dir
       return {}
     path = os.path.join(workdir, self.settings["filename"])
+    phrases = None
+    findings = data.ground_truth.get(self.split)
+    if findings is not None:  # show the findings' own words over their boxes
+      texts = study_filter.read_study_metadata(data.sources[self.split]).text
+      found, _ = grounding.finding_phrases(encoded, data.tokenizer, texts, findings)
+      phrases = {}
+      for phrase in found:
+        index = int(encoded["index"][phrase.row])
+        phrases.setdefault(index, []).append((phrase.term, list(phrase.slots)))
     attention_png.save_attention_png(
       path,
       encoded,
@@ -256,13 +290,113 @@ class AttentionPngEvaluator(Evaluator):
       num_pairs=self.keep_images,
       words_per_pair=int(self.settings["words_per_pair"]),
       boxes=data.ground_truth_boxes(self.split),
+      phrases=phrases,
     )
     print(f"word->region attention figure: {path}", flush=True)
     return {}
 
 
+class GroundingEvaluator(Evaluator):
+  """Phrase grounding of the findings a report names against their ground-truth boxes
+  (`jimte.evaluate.grounding`): pointing game, CNR and mIoU of the word->region attention and of
+  the region-phrase similarity maps, per finding kind too, with chance.
+
+  Settings: `maps` (kinds of `grounding.MAP_KINDS`), `thresholds` (mIoU), `untrained_baseline`
+  (also run on the state before the first update and print those figures beside the trained
+  ones), `skip_without_boxes` (a split without ground truth gives no results and a log line
+  rather than an error).
+  """
+
+  TYPE = "grounding"
+  SETTINGS = {
+    "maps": grounding.MAP_KINDS,
+    "thresholds": grounding.DEFAULT_THRESHOLDS,
+    "untrained_baseline": True,
+    "skip_without_boxes": False,
+  }
+
+  def __init__(self, name, entry, config):
+    super().__init__(name, entry, config)
+    unknown = sorted(set(self.settings["maps"]) - set(grounding.MAP_KINDS))
+    if unknown or not self.settings["maps"]:
+      raise ValueError(
+        f"{self.key}.maps: {list(self.settings['maps'])!r} must name some of "
+        f"{', '.join(grounding.MAP_KINDS)}"
+      )
+    thresholds = self.settings["thresholds"]
+    if not thresholds or not all(
+      isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds
+    ):
+      raise ValueError(f"{self.key}.thresholds: {thresholds!r} must be numbers in [0, 1]")
+    for key in ("untrained_baseline", "skip_without_boxes"):
+      if not isinstance(self.settings[key], bool):
+        raise ValueError(f"{self.key}.{key}: {self.settings[key]!r} is not True or False")
+    self.wants_untrained_baseline = self.settings["untrained_baseline"]
+    self.gamma1 = float(config.loss.gamma1)
+    self.image_size = int(config.image_size)
+    self.untrained: dict[str, float] | None = None
+    self._texts = None
+
+  def check(self, data) -> None:
+    if data.ground_truth.get(self.split) is None and not self.settings["skip_without_boxes"]:
+      raise ValueError(
+        f"{self.key}: split {self.split!r} has no ground-truth boxes (the synthetic source has "
+        "them); set skip_without_boxes=True or remove the entry"
+      )
+
+  def __call__(self, encoded, *, data, workdir) -> dict[str, float]:
+    findings = data.ground_truth.get(self.split)
+    if findings is None:
+      self.check(data)
+      log.info("%s: split %r has no ground-truth boxes: no grounding", self.key, self.split)
+      return {}
+    if self._texts is None:
+      self._texts = list(study_filter.read_study_metadata(data.sources[self.split]).text)
+    results = grounding.evaluate(
+      encoded,
+      data.tokenizer,
+      self._texts,
+      findings,
+      image_size=self.image_size,
+      gamma1=self.gamma1,
+      kinds=tuple(self.settings["maps"]),
+      thresholds=tuple(float(t) for t in self.settings["thresholds"]),
+    )
+    if jax.process_index() == 0 and results.get("num_phrases"):
+      print(self._summary(results), flush=True)
+    return results
+
+  def _summary(self, results: Mapping[str, float]) -> str:
+    """The printed table: per map kind, trained (and untrained, where run) beside chance."""
+    skipped = int(sum(v for k, v in results.items() if k.startswith("skipped/")))
+    lines = [
+      f"{self.name}: grounding of {int(results['num_phrases'])} finding phrases of {self.split!r} "
+      f"in their boxes ({skipped} skipped); pointing game chance "
+      f"{results['chance_pointing_game']:.3f} (mean box area)"
+    ]
+    before = self.untrained if self.untrained and self.untrained is not results else None
+    header = f"    {'':22s} {'pointing':>9s} {'CNR':>6s} {'mIoU':>6s}"
+    for kind in self.settings["maps"]:
+      lines.append(f"  {kind} maps:" + ("  (untrained in brackets)" if before else ""))
+      lines.append(header)
+      names = ["all", *sorted(k.split("/")[-1] for k in results if k.startswith("num_phrases/"))]
+      for name in names:
+        key = f"{kind}/pointing_game" + ("" if name == "all" else f"/{name}")
+        row = f"{results[key]:9.3f}"
+        if before and key in before:
+          row += f" ({before[key]:.3f})"
+        if name == "all":
+          for metric in ("cnr", "miou"):
+            row += f" {results[f'{kind}/{metric}']:6.3f}"
+            if before:
+              row += f" ({before[f'{kind}/{metric}']:.3f})"
+        label = name if name == "all" else f"{name} ({int(results[f'num_phrases/{name}'])})"
+        lines.append(f"    {label:22s} {row}")
+    return "\n".join(lines)
+
+
 EVALUATORS: dict[str, type[Evaluator]] = {
-  cls.TYPE: cls for cls in (RetrievalEvaluator, AttentionPngEvaluator)
+  cls.TYPE: cls for cls in (RetrievalEvaluator, AttentionPngEvaluator, GroundingEvaluator)
 }
 
 
@@ -295,6 +429,50 @@ class EvalRunner:
   def due(self, step: int) -> list[Evaluator]:
     """The evaluators whose cadence falls on `step`."""
     return [e for e in self.evaluators if e.due(step)]
+
+  def check(self) -> None:
+    """Each evaluator's check of the data, before any training step."""
+    for evaluator in self.evaluators:
+      evaluator.check(self._data)
+
+  def run_untrained(self, state) -> dict[str, float]:
+    """The evaluators that want it, on the state before the first update: their results are kept
+    for printing beside the trained ones and written to `<workdir>/untrained_metrics.json` (read
+    back on resume by `load_untrained`). Every process runs it (same decision everywhere)."""
+    wanted = [e for e in self.evaluators if e.wants_untrained_baseline]
+    if not wanted:
+      return {}
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    results = {}
+    for evaluator in wanted:
+      encoded = self._encode_split(variables, evaluator.input_split(self._data), evaluator)
+      evaluator.untrained = evaluator(encoded, data=self._data, workdir=self._workdir)
+      results.update({f"eval/{evaluator.name}/{k}": v for k, v in evaluator.untrained.items()})
+    if jax.process_index() == 0:
+      with tf_gfile().GFile(os.path.join(self._workdir, UNTRAINED_METRICS), "w") as f:
+        json.dump({k: float(v) for k, v in results.items()}, f, indent=2)
+    return results
+
+  def load_untrained(self) -> None:
+    """On resume: the untrained results a run wrote at its start, where it did."""
+    path = os.path.join(self._workdir, UNTRAINED_METRICS)
+    if not tf_gfile().exists(path):
+      return
+    with tf_gfile().GFile(path) as f:
+      saved = json.load(f)
+    for evaluator in self.evaluators:
+      prefix = f"eval/{evaluator.name}/"
+      mine = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
+      if evaluator.wants_untrained_baseline and mine:
+        evaluator.untrained = mine
+
+  def _encode_split(self, variables, split: str, evaluator) -> dict[str, np.ndarray]:
+    return encode.encode_split(
+      self._encode,
+      variables,
+      self._data.eval_batches(self._mesh, split),
+      keep_images=evaluator.keep_images,
+    )
 
   def run(
     self, state, step: int, evaluators: Iterable[Evaluator] | None = None

@@ -217,6 +217,10 @@ class SigmoidGateAttention(nn.Module):
 
 # The soft-attention blocks by config name (`model.image.attention`).
 ATTENTION_BLOCKS = ("original", "sigmoid_gate")
+# Initialisation of the region and global heads (`model.image.weight_init`): Flax's LeCun normal
+# ("lecun"), or the release's ("original": Kaiming normal on fan-out for the region conv, PyTorch's
+# default uniform +-1/sqrt(fan_in) for the global Linear and for any bias).
+IMAGE_INITS = ("lecun", "original")
 
 
 class JoImTeRNetResNet(nn.Module):
@@ -240,6 +244,8 @@ class JoImTeRNetResNet(nn.Module):
           original's `torch.rand(1)`).
       attention_hidden: channels of the sigmoid gate's mask branch (None: stage width // 4, >= 8).
       region_head_bias: whether the region head's 1x1 conv has a bias (paper: False).
+      weight_init: initialisation of the region and global heads, one of `IMAGE_INITS` (paper:
+          "original"); the stem and blocks always use Kaiming normal on fan-out, as the release.
       bn_momentum: BatchNorm running-average momentum (0.9 equals PyTorch's momentum=0.1).
       dtype: compute dtype (e.g. bfloat16); parameters stay in `param_dtype`.
       param_dtype: parameter dtype (float32).
@@ -259,6 +265,7 @@ class JoImTeRNetResNet(nn.Module):
   attention_scale_init: float | None = None
   attention_hidden: int | None = None
   region_head_bias: bool = False
+  weight_init: str = "lecun"
   bn_momentum: float = 0.9
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -270,6 +277,15 @@ class JoImTeRNetResNet(nn.Module):
     if not -num_stages <= index < num_stages:
       raise ValueError(f"stage index {index} out of range for {num_stages} stages")
     return index % num_stages
+
+  def _head_inits(
+    self, fan_in: int, original_kernel_init: nn.initializers.Initializer
+  ) -> dict[str, nn.initializers.Initializer]:
+    """Initialisers of a head with `fan_in` inputs: Flax's defaults ("lecun"), or the release's
+    kernel init with PyTorch's default bias ("original")."""
+    if self.weight_init != "original":
+      return {}
+    return dict(kernel_init=original_kernel_init, bias_init=torch_default_bias_init(fan_in))
 
   def _attention_block(self, width: int, name: str) -> nn.Module:
     """The configured soft-attention block for a stage of `width` channels."""
@@ -300,6 +316,8 @@ class JoImTeRNetResNet(nn.Module):
       raise ValueError(f"blocks_per_stage must be >= 1, got {self.blocks_per_stage}")
     if self.attention not in ATTENTION_BLOCKS:
       raise ValueError(f"attention must be one of {ATTENTION_BLOCKS}, got {self.attention!r}")
+    if self.weight_init not in IMAGE_INITS:
+      raise ValueError(f"weight_init must be one of {IMAGE_INITS}, got {self.weight_init!r}")
     attention_stages = {self._stage_index(i) for i in self.attention_stages}
     region_stage = self._stage_index(self.region_stage)
 
@@ -352,12 +370,17 @@ class JoImTeRNetResNet(nn.Module):
           dtype=self.dtype,
           param_dtype=self.param_dtype,
           name="region_head",
+          **self._head_inits(x.shape[-1], conv_kernel_init),
         )(x)
 
     pooled = adaptive_avg_pool(x, self.global_pool_size)
     pooled = pooled.reshape(pooled.shape[0], -1)
     global_emb = nn.Dense(
-      self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="global_head"
+      self.embed_dim,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="global_head",
+      **self._head_inits(pooled.shape[-1], torch_default_kernel_init),
     )(pooled)
     return ImageOutput(
       global_emb=global_emb.astype(jnp.float32),

@@ -20,6 +20,8 @@ Model config (an `ml_collections.ConfigDict`; see `paper_model_config` and
   image.attention_scale_init float or None  initial scale (None: U[0, 1), as the original)
   image.attention_hidden int or None  mask-branch channels of the sigmoid gate
   image.region_head_bias bool  bias in the region head's 1x1 conv (paper: False)
+  image.weight_init   str    region and global heads: "original" (paper: Kaiming normal fan-out on
+                             the region conv, PyTorch's default uniform on the Linear) or "lecun"
   image.bn_momentum   float  BatchNorm running-average momentum (0.9 = PyTorch momentum 0.1)
   text.name           str    text tower in `TEXT_TOWERS` ("bert")
   text.vocab_size     int    must equal the SentencePiece model's vocabulary size
@@ -31,6 +33,9 @@ Model config (an `ml_collections.ConfigDict`; see `paper_model_config` and
   text.num_layers, text.num_heads, text.width, text.mlp_dim   Transformer shape (paper 3/8/512/2048)
   text.dropout, text.attention_dropout   float   dropout rates (paper 0.1)
   text.sentence_pooling str  "first" (paper) or "mean" (masked mean over the alignment words)
+  text.weight_init    str    "original" (paper: normal 0.02 in the encoder, PyTorch's default
+                             uniform on the word, sentence and MLM heads) or "bert" (truncated 0.02)
+  text.frozen_pad_row bool   PAD row zero and never updated, `nn.Embedding(padding_idx=0)` (paper)
 
 The joint module's top-level parameter keys are exactly `image` and `text` (so that optimizers
 can be built per tower); BatchNorm statistics live in the `batch_stats` collection, under
@@ -142,6 +147,7 @@ def _build_joimternet_resnet(
     attention_scale_init=config.get("attention_scale_init"),
     attention_hidden=config.get("attention_hidden"),
     region_head_bias=config.get("region_head_bias", False),
+    weight_init=config.get("weight_init", "lecun"),
     bn_momentum=config.get("bn_momentum", 0.9),
     dtype=dtype,
     remat=remat,
@@ -167,6 +173,8 @@ def _build_bert(
     layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-12),
     mlm_head=config.get("mlm_head", "untied"),
     sentence_pooling=config.get("sentence_pooling", "first"),
+    weight_init=config.get("weight_init", "bert"),
+    frozen_pad_row=config.get("frozen_pad_row", False),
     dtype=dtype,
     remat=remat,
   )
@@ -225,7 +233,8 @@ def paper_model_config() -> ml_collections.ConfigDict:
 
   Layer for layer the original's (`JoImTeR/model_img.py`, `model_txt.py`): an 8-channel stem, its
   16-head soft attention, a bias-free region head; BERT's position and token-type tables and
-  LayerNorm epsilon, and the untied V - 1 MLM head. At the original's vocabulary (8,411 ids) the
+  LayerNorm epsilon, and the untied V - 1 MLM head; its initialisation of every layer and its
+  frozen zero PAD row. At the original's vocabulary (8,411 ids) the
   towers have its parameter counts exactly (`benchmarks/param_counts.py`).
   `text.vocab_size` must be set to the tokenizer's vocabulary size.
   """
@@ -248,6 +257,7 @@ def paper_model_config() -> ml_collections.ConfigDict:
         attention_scale_init=None,
         attention_hidden=None,
         region_head_bias=False,
+        weight_init="original",
         bn_momentum=0.9,
       ),
       text=dict(
@@ -265,6 +275,8 @@ def paper_model_config() -> ml_collections.ConfigDict:
         layer_norm_epsilon=1e-12,
         mlm_head="untied",
         sentence_pooling="first",
+        weight_init="original",
+        frozen_pad_row=True,
       ),
     )
   )
@@ -275,12 +287,16 @@ def small_model_config() -> ml_collections.ConfigDict:
 
   Keeps the blocks the built-in demo was measured with (README), not the original's: the sigmoid
   gate attention, a region head with bias, a 16-channel stem, a tied MLM head, a position table of
-  `max_len` rows, no token-type table, LayerNorm epsilon 1e-6 (docs/fidelity.md).
+  `max_len` rows, no token-type table, LayerNorm epsilon 1e-6, Flax's and BERT's initialisers, a
+  trained PAD row (docs/fidelity.md).
   `text.vocab_size` must be set to the tokenizer's vocabulary size.
   """
   config = paper_model_config()
   config.image.attention = "sigmoid_gate"
   config.image.region_head_bias = True
+  config.image.weight_init = "lecun"
+  config.text.weight_init = "bert"
+  config.text.frozen_pad_row = False
   config.text.position_table_size = None
   config.text.num_token_types = 0
   config.text.layer_norm_epsilon = 1e-6

@@ -25,6 +25,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jimte.models.image import torch_default_bias_init, torch_default_kernel_init
+
 Dtype = Any
 
 PAD_ID = 0
@@ -33,9 +35,22 @@ PAD_ID = 0
 MASK_ID = 4
 SENTENCE_POOLINGS = ("first", "mean")
 MLM_HEADS = ("tied", "untied")
+# "bert": truncated normal 0.02 on every layer; "original": the release's (see `BertTextEncoder`).
+TEXT_INITS = ("bert", "original")
 
 # BERT's initialisation: truncated normal with standard deviation 0.02.
 bert_init = nn.initializers.truncated_normal(0.02)
+# Hugging Face's BERT (`initializer_range=0.02`): an untruncated normal of standard deviation 0.02.
+hf_bert_init = nn.initializers.normal(0.02)
+
+
+def zero_row_init(init: nn.initializers.Initializer, row: int) -> nn.initializers.Initializer:
+  """`init` with row `row` zeroed: `nn.Embedding(padding_idx=row)` at initialisation."""
+
+  def initialise(key, shape, dtype=jnp.float32):
+    return init(key, shape, dtype).at[row].set(0)
+
+  return initialise
 
 
 @flax.struct.dataclass
@@ -68,6 +83,7 @@ class TransformerLayer(nn.Module):
   dropout: float = 0.1
   attention_dropout: float = 0.1
   layer_norm_epsilon: float = 1e-12
+  kernel_init: nn.initializers.Initializer = bert_init
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -79,7 +95,7 @@ class TransformerLayer(nn.Module):
       num_heads=self.num_heads,
       dropout_rate=self.attention_dropout,
       deterministic=not train,
-      kernel_init=bert_init,
+      kernel_init=self.kernel_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       force_fp32_for_softmax=True,
@@ -94,14 +110,18 @@ class TransformerLayer(nn.Module):
     )(x + attended)
     y = nn.Dense(
       self.mlp_dim,
-      kernel_init=bert_init,
+      kernel_init=self.kernel_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name="mlp_in",
     )(x)
     y = exact_gelu(y)
     y = nn.Dense(
-      width, kernel_init=bert_init, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_out"
+      width,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="mlp_out",
     )(y)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     return nn.LayerNorm(
@@ -128,6 +148,13 @@ class BertTextEncoder(nn.Module):
           k + (k >= mask_id), i.e. every id but `mask_id`; "tied": the token embedding matrix
           transposed plus a bias, V outputs.
       mask_id: the id the untied head leaves out (`MASK_ID`).
+      weight_init: one of `TEXT_INITS`. "bert": truncated normal 0.02 on every kernel and table.
+          "original" (paper), the release's: Hugging Face's `BertModel` init (untruncated normal
+          0.02) inside the encoder, and PyTorch's default `nn.Linear` init (kernel and bias
+          uniform in +-1/sqrt(fan_in)) on the layers outside it: word head (`word_fc`),
+          sentence head (`sent_fc`), MLM transform and decoder.
+      frozen_pad_row: the PAD row of the token table starts at zero and never receives a
+          gradient (`nn.Embedding(padding_idx=0)`, paper), so AdamW leaves it at zero.
       sentence_pooling: "first": the sentence head reads the first token ([BOS], playing [CLS]);
           "mean": it reads the masked mean of the final states over the alignment words, i.e.
           positions 1..L-1 that are not PAD (the first token excluded, [EOS] included), so the
@@ -154,6 +181,8 @@ class BertTextEncoder(nn.Module):
   mlm_head: str = "untied"
   mask_id: int = MASK_ID
   sentence_pooling: str = "first"
+  weight_init: str = "bert"
+  frozen_pad_row: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
@@ -174,19 +203,25 @@ class BertTextEncoder(nn.Module):
       raise ValueError(f"position_table_size {position_rows} < max_len {self.max_len}")
     if self.num_token_types < 0:
       raise ValueError(f"num_token_types must be >= 0, got {self.num_token_types}")
+    if self.weight_init not in TEXT_INITS:
+      raise ValueError(f"weight_init must be one of {TEXT_INITS}, got {self.weight_init!r}")
+    encoder_init = hf_bert_init if self.weight_init == "original" else bert_init
+    embedding_init = encoder_init
+    if self.frozen_pad_row:
+      embedding_init = zero_row_init(encoder_init, PAD_ID)
     self.token_embedding = nn.Embed(
       self.vocab_size,
       self.width,
-      embedding_init=bert_init,
+      embedding_init=embedding_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
     )
     self.position_embedding = self.param(
-      "position_embedding", bert_init, (position_rows, self.width), self.param_dtype
+      "position_embedding", encoder_init, (position_rows, self.width), self.param_dtype
     )
     if self.num_token_types:
       self.token_type_embedding = self.param(
-        "token_type_embedding", bert_init, (self.num_token_types, self.width), self.param_dtype
+        "token_type_embedding", encoder_init, (self.num_token_types, self.width), self.param_dtype
       )
     self.embedding_norm = nn.LayerNorm(
       self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype
@@ -201,32 +236,42 @@ class BertTextEncoder(nn.Module):
         dropout=self.dropout,
         attention_dropout=self.attention_dropout,
         layer_norm_epsilon=self.layer_norm_epsilon,
+        kernel_init=encoder_init,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         name=f"layer{i}",
       )
       for i in range(self.num_layers)
     ]
-    self.word_head = nn.Dense(
-      self.embed_dim, kernel_init=bert_init, dtype=self.dtype, param_dtype=self.param_dtype
-    )
-    self.sentence_head = nn.Dense(
-      self.embed_dim, kernel_init=bert_init, dtype=self.dtype, param_dtype=self.param_dtype
-    )
-    self.mlm_transform = nn.Dense(
-      self.width, kernel_init=bert_init, dtype=self.dtype, param_dtype=self.param_dtype
-    )
+    self.word_head = self._head(self.embed_dim)
+    self.sentence_head = self._head(self.embed_dim)
+    self.mlm_transform = self._head(self.width)
     self.mlm_norm = nn.LayerNorm(
       self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype
     )
     if self.mlm_head == "untied":
-      self.mlm_decoder = nn.Dense(
-        self.vocab_size - 1, kernel_init=bert_init, dtype=self.dtype, param_dtype=self.param_dtype
-      )
+      self.mlm_decoder = self._head(self.vocab_size - 1)
     else:
       self.mlm_bias = self.param(
         "mlm_bias", nn.initializers.zeros, (self.vocab_size,), self.param_dtype
       )
+
+  def _head(self, features: int) -> nn.Dense:
+    """A head outside the encoder, reading `width` inputs, with the configured `weight_init`."""
+    inits = dict(kernel_init=bert_init)
+    if self.weight_init == "original":
+      inits = dict(
+        kernel_init=torch_default_kernel_init, bias_init=torch_default_bias_init(self.width)
+      )
+    return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, **inits)
+
+  def _token_table(self) -> jax.Array:
+    """The token table as the encoder reads it: its PAD row replaced by zeros when frozen, so that
+    row never receives a gradient (neither from the lookup nor from the tied MLM head)."""
+    table = self.token_embedding.embedding
+    if self.frozen_pad_row:
+      table = table.at[PAD_ID].set(0)
+    return table
 
   @property
   def mlm_excluded_id(self) -> int | None:
@@ -249,7 +294,7 @@ class BertTextEncoder(nn.Module):
     # Keys are masked by padding; every query row keeps its valid keys, so padded queries never
     # see an all-masked row, and valid positions are independent of the padding after them.
     attention_mask = nn.make_attention_mask(jnp.ones_like(valid), valid)
-    x = self.token_embedding(tokens)
+    x = jnp.take(self._token_table().astype(self.dtype), tokens, axis=0)
     x = x + self.position_embedding[None, :length].astype(self.dtype)
     if self.num_token_types:
       x = x + self.token_type_embedding[0].astype(self.dtype)  # every token has type 0
@@ -266,7 +311,7 @@ class BertTextEncoder(nn.Module):
     x = self.mlm_norm(x)
     if self.mlm_head == "untied":
       return self.mlm_decoder(x).astype(jnp.float32)
-    logits = self.token_embedding.attend(x)
+    logits = jnp.dot(x, self._token_table().astype(self.dtype).T)
     return logits.astype(jnp.float32) + self.mlm_bias.astype(jnp.float32)
 
   def mlm_logits(self, tokens: jax.Array, train: bool) -> jax.Array:
