@@ -1,4 +1,4 @@
-"""The `jimte` console command: `jimte train|export|retrieve|classify|sweep ARGS...`.
+"""The `jimte` console command: `jimte train|export|retrieve|classify|heatmap|sweep ARGS...`.
 
 Each subcommand's module is imported only when it runs, so `jimte retrieve` never loads the trainer.
 """
@@ -13,12 +13,14 @@ SUBCOMMANDS = {
   "export": "embeddings of images / reports into a Parquet export (jimte.export)",
   "retrieve": "top-K cases of an export for an image, a text or an exported id (jimte.retrieve)",
   "classify": "classify X-rays with a trained model (jimte.classify)",
+  "heatmap": "where a trained model grounds a report's findings in an X-ray (jimte.heatmap)",
   "sweep": "run / print / collect an ablation sweep of configs/sweeps (launch.sweep)",
 }
 MODULES = {
   "export": "jimte.export",
   "retrieve": "jimte.retrieve",
   "classify": "jimte.classify",
+  "heatmap": "jimte.heatmap",
   "sweep": "launch.sweep:cli",
 }
 

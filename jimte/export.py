@@ -470,7 +470,7 @@ def export_tfds(
   import tensorflow as tf
 
   from data_pipeline.input import TfdsSource
-  from data_pipeline.input.preprocess import decode_image, eval_view
+  from data_pipeline.input.preprocess import decode_image, eval_view, uses_native_crop
 
   if kind not in ("image", "text"):
     raise ValueError(f"export kind must be 'image' or 'text', got {kind!r}")
@@ -484,11 +484,12 @@ def export_tfds(
     out_dir, settings, part_size=part_size, process_index=process_index, overwrite=overwrite
   ).open()
   size = model.image_size
+  native = uses_native_crop(model.config.data.get("augment", "none"))  # as inference's view
 
   def prepare(example):
     row = {k: example[k] for k in ("text", "index", *TFDS_ID_KEYS) if k in example}
     if kind == "image":
-      row["image"] = eval_view(decode_image(example["image"]), size) * 2.0 - 1.0
+      row["image"] = eval_view(decode_image(example["image"]), size, native_crop=native) * 2 - 1
     return row
 
   dataset = (

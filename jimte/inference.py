@@ -75,6 +75,15 @@ class TextEmbeddings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PhraseMaps:
+  phrases: list[str]  # the phrases, in the order asked
+  attention: np.ndarray  # [n, H, W] float32, original pixels: word->region attention (sums to 1)
+  similarity: np.ndarray  # [n, H, W] float32, original pixels: cosine of regions to the phrase
+  grid: tuple[int, int]  # the region grid the maps were upsampled from
+  geometry: Geometry | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class SimilarityMap:
   map: np.ndarray  # [H, W] float32, original image pixels: cosine of regions to the sentence
   words: list[str]  # the text's alignment words (SentencePiece pieces), in order
@@ -252,6 +261,64 @@ class JimteModel:
       map=geometry.to_original(sentence_grid).astype(np.float32),
       words=pieces,
       word_maps=geometry.to_original(word_grids).astype(np.float32),
+      geometry=geometry,
+    )
+
+  def phrase_maps(self, image, text: str, phrases: Sequence[tuple[str, int]]) -> PhraseMaps:
+    """Where the model grounds each phrase of `text` in `image`, in the original image's pixels.
+
+    `phrases`: (phrase, character offset in `text`) pairs, e.g. a finding's words. Per phrase,
+    the word->region attention of training (losses.md's alpha, gamma1 of the config, averaged
+    over the phrase's pieces) and the cosine of each region with the phrase vector (the mean of
+    its normalised word vectors), as `jimte.evaluate.grounding` scores them. A phrase absent from
+    the tokenised report (cut by max_len) is an error naming it.
+    """
+    import jax.numpy as jnp
+
+    from jimte import losses
+    from jimte.evaluate import grounding
+
+    model_input, geometry = self.preprocess(image)
+    if not isinstance(text, str) or not text.strip():
+      raise ValueError("phrase_maps needs a non-empty report text")
+    image_out = self._image_fn(self.variables, model_input[None])
+    tokens = self.tokenizer.encode([text])
+    text_out = self._text_fn(self.variables, tokens)
+    regions = np.asarray(image_out.regions, np.float32)  # [1, h, w, D], as training sees them
+    _, h, w, d = regions.shape
+    words = np.asarray(text_out.words, np.float32)  # [1, T, D]
+    mask = np.asarray(text_out.word_mask, bool)
+    alpha = np.asarray(
+      losses.word_region_attention(
+        jnp.asarray(regions.reshape(1, h * w, d)),
+        jnp.asarray(words),
+        jnp.asarray(mask),
+        float(self.config.loss.gamma1),
+      )
+    )[0]  # [T, R]
+    pieces = [self.tokenizer.id_to_piece(int(t)) for t in tokens[0, 1:]]
+    report_words = grounding.report_words(pieces, mask[0])
+    unit_regions = _l2(regions.reshape(h * w, d))
+    unit_words = _l2(words[0])
+    labels, attention, similarity = [], [], []
+    for phrase, start in phrases:
+      slots = grounding.phrase_slots(report_words, text, phrase, int(start))
+      if slots is None:
+        raise ValueError(
+          f"phrase {phrase!r} at character {start} is not in the tokenised report "
+          f"(max_len {self.tokenizer.max_len} tokens)"
+        )
+      slots = list(slots)
+      vector = _l2(unit_words[slots].mean(0))
+      labels.append(phrase)
+      attention.append(alpha[slots].mean(0).reshape(h, w))
+      similarity.append((unit_regions @ vector).reshape(h, w))
+    empty = np.zeros((0, geometry.height, geometry.width), np.float32)
+    return PhraseMaps(
+      phrases=labels,
+      attention=geometry.to_original(np.stack(attention)).astype(np.float32) if labels else empty,
+      similarity=geometry.to_original(np.stack(similarity)).astype(np.float32) if labels else empty,
+      grid=(h, w),
       geometry=geometry,
     )
 

@@ -138,3 +138,82 @@ def test_native_crop_geometry_is_the_eval_windows_place(height, width, size):
       inside = 0 <= o_r < height and 0 <= o_c < width
       expected = levels[o_r, o_c, 0] / 255.0 if inside else 0.0
       assert view[r, c] == pytest.approx(expected, abs=1e-6), (r, c)
+
+
+# ------------------------------------------------------------------------------------- heatmaps
+def test_phrase_maps_are_the_grounding_evaluators_maps_in_original_pixels(model):
+  """The inference API's phrase maps equal those the grounding metrics score, placed back on the
+  original (landscape) image through the geometry."""
+  import tensorflow as tf  # noqa: F401  (the eval view runs in TF)
+
+  from jimte.evaluate import grounding
+
+  text = "Small left pleural effusion. The heart is enlarged."
+  image = _images(1, height=60, width=100)[0]
+  out = model.phrase_maps(image, text, [("pleural effusion", 11), ("enlarged", 42)])
+  assert out.phrases == ["pleural effusion", "enlarged"]
+  assert out.attention.shape == out.similarity.shape == (2, 60, 100)
+  view, geometry = model.preprocess(image)
+  tokens = model.tokenizer.encode([text])
+  encoded = jax.device_get(make_encode_fn(model.module)(model.variables, view[None], tokens))
+  encoded.update(index=np.arange(1), tokens=tokens)
+  words = grounding.report_words(
+    [model.tokenizer.id_to_piece(int(t)) for t in tokens[0, 1:]], encoded["word_mask"][0]
+  )
+  phrases = [
+    grounding.Phrase(0, "x", term, grounding.phrase_slots(words, text, term, start), ())
+    for term, start in (("pleural effusion", 11), ("enlarged", 42))
+  ]
+  grids = grounding.phrase_maps(encoded, phrases, float(model.config.loss.gamma1))
+  assert out.grid == grids["attention"].shape[-2:]
+  for kind in ("attention", "similarity"):
+    np.testing.assert_allclose(
+      getattr(out, kind), geometry.to_original(grids[kind]), rtol=1e-4, atol=1e-6
+    )
+  with pytest.raises(ValueError, match="'pneumothorax' at character 0 is not in the tokenised"):
+    model.phrase_maps(image, text, [("pneumothorax", 0)])
+
+
+def test_heatmap_phrases_are_the_reports_findings_or_the_named_ones():
+  from data_pipeline.labels import ReportLabeler
+  from jimte.evaluate import heatmaps
+
+  text = "No pneumothorax. Small left pleural effusion. Possible right lower lobe atelectasis."
+  found = heatmaps.finding_phrases(text, labeler=ReportLabeler())
+  words = " ".join(p.lower() for p, _ in found)
+  assert "effusion" in words and "atelectasis" in words and "pneumothorax" not in words
+  for phrase, start in found:
+    assert text[start : start + len(phrase)] == phrase
+  assert heatmaps.named_phrases(text, ["LEFT pleural"]) == [("left pleural", 23)]
+  with pytest.raises(ValueError, match="'nodule' does not occur"):
+    heatmaps.named_phrases(text, ["nodule"])
+
+
+def test_jimte_heatmap_writes_a_png_and_names_bad_input(trained_workdir, tmp_path, capsys):
+  from PIL import Image
+
+  from jimte import cli
+
+  image = (np.random.default_rng(0).random((80, 120)) * 255).astype(np.uint8)
+  Image.fromarray(image).save(tmp_path / "case.png")
+  out = tmp_path / "fig.png"
+  text = "Small left pleural effusion. Moderate cardiomegaly."
+  argv = ["heatmap", "--workdir", trained_workdir, "--image", str(tmp_path / "case.png")]
+  assert cli.main([*argv, "--text", text, "--out", str(out)]) == 0
+  with Image.open(out) as png:
+    assert png.format == "PNG" and png.size[0] > 300
+  assert cli.main([*argv, "--text", text, "--phrase", "nodule", "--out", str(out)]) == 2
+  assert "'nodule' does not occur in the report" in capsys.readouterr().err
+  (tmp_path / "empty.txt").write_text("  ")
+  assert cli.main([*argv, "--report-file", str(tmp_path / "empty.txt"), "--out", str(out)]) == 2
+  assert "the report text is empty" in capsys.readouterr().err
+  from jimte.evaluate import heatmaps
+  from jimte.inference import JimteModel
+
+  paths = heatmaps.write_heatmaps(
+    JimteModel.from_workdir(trained_workdir),
+    [str(tmp_path / "case.png")] * 2,
+    [text, "No acute cardiopulmonary process."],
+    str(tmp_path / "retrieved"),
+  )
+  assert [p.rsplit("/", 1)[1] for p in paths] == ["heatmap-000.png", "heatmap-001.png"]
