@@ -14,3 +14,11 @@ def tiny_config(**overrides):
       node = node[p]
     node[leaf] = value
   return c
+
+
+def param_leaves(state):
+  """The parameters of a train state as host numpy arrays, in tree order (to compare runs)."""
+  import jax
+  import numpy as np
+
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]

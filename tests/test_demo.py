@@ -58,3 +58,23 @@ def test_untrained_retrieval_is_at_chance_for_exact_pairs_and_for_same_findings(
         assert same <= _upper_bound(same_chance, n), (score, direction, k)
   # The target of the trained demo (10x chance at R@10) is far outside these bounds.
   assert 10 * out["chance_R@10"] > _upper_bound(out["chance_R@10"], n)
+
+
+def test_untrained_grounding_is_at_chance(untrained_encoding):
+  """The grounding figures the main job prints beside the trained ones: at initialisation no map
+  points into the finding boxes more often than a random point would."""
+  config, data, encoded, workdir = untrained_encoding
+  entry = default.get_config().evals.grounding.to_dict()
+  config = config.copy_and_resolve_references()
+  config.evals = ml_collections.ConfigDict({"grounding": entry})
+  (evaluator,) = registry.build_evaluators(config)
+  evaluator.check(data)
+  out = evaluator(encoded, data=data, workdir=workdir)
+  n = int(out["num_phrases"])
+  assert n > 300 and not any(k.startswith("skipped/") for k in out)
+  chance = out["chance_pointing_game"]
+  for kind in ("attention", "similarity"):
+    assert out[f"{kind}/pointing_game"] <= _upper_bound(chance, n), kind
+  # The target of the trained demo (0.8) is far outside this bound, and within the grid's reach
+  # only where the grid allows it (docs/grounding.md).
+  assert _upper_bound(chance, n) < 0.8

@@ -1,7 +1,7 @@
-"""End-to-end trainer behaviour on a tiny synthetic run: the loss falls, checkpoints round-trip, a
-resumed run ends bit-identical to an uninterrupted one, NaN stops the run with the last good
-checkpoint intact, config overrides reject unknown keys, and the evaluators of `config.evals` run
-on their own splits at their own cadence. Also the step dispatcher (`jimte.steps.TrainSteps`)."""
+"""End-to-end trainer behaviour on a tiny synthetic run: the loss falls, an epoch is a pass of
+image-text steps, config overrides reject unknown keys, and the evaluators of `config.evals` run
+on their own splits at their own cadence. Also the step dispatcher (`jimte.steps.TrainSteps`).
+Checkpoints, resume and NaN: test_train_resume.py."""
 
 from __future__ import annotations
 
@@ -22,10 +22,6 @@ from jimte.evaluate import encode
 from tests._tiny import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _leaves(state):
-  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
 
 
 def test_training_learns_the_pairing(tmp_path):
@@ -49,29 +45,6 @@ def test_training_learns_the_pairing(tmp_path):
   assert (tmp_path / "attention.png").exists()
   final = json.loads((tmp_path / "final_metrics.json").read_text())
   assert "eval/retrieval/global/i2t_R@10" in final and "eval/retrieval/chance_R@10" in final
-
-
-def test_resume_matches_an_uninterrupted_run(tmp_path, capsys):
-  c = tiny_config(**{"num_epochs": 2.0, "loss.mixture": False})  # 16 image-text steps
-  _, full = train.train_and_evaluate(c, str(tmp_path / "full"), progress=False)
-  _, first = train.train_and_evaluate(
-    c, str(tmp_path / "split"), stop_after_steps=6, progress=False
-  )
-  assert int(first.step) == 6
-  capsys.readouterr()
-  _, resumed = train.train_and_evaluate(c, str(tmp_path / "split"), progress=False)
-  assert int(resumed.step) == int(full.step) == int(full.itm_step) == 16
-  for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
-    np.testing.assert_array_equal(a, b)
-  # The grounding figures of the untrained model, written at the start of a run and printed
-  # beside the trained ones at its end, a resumed run included (read back from the work dir).
-  untrained = json.loads((tmp_path / "split" / "untrained_metrics.json").read_text())
-  assert untrained == json.loads((tmp_path / "full" / "untrained_metrics.json").read_text())
-  assert untrained["eval/grounding/num_phrases"] > 0
-  printed = capsys.readouterr().out
-  assert "grounding of" in printed and "(untrained in brackets)" in printed
-  final = json.loads((tmp_path / "split" / "final_metrics.json").read_text())
-  assert final["eval/grounding/num_phrases"] == untrained["eval/grounding/num_phrases"]
 
 
 def _spy_on_streams(monkeypatch) -> dict[str, list[np.ndarray]]:
@@ -121,30 +94,6 @@ def test_with_mlm_an_epoch_is_a_pass_of_itm_steps_over_the_pairs(tmp_path, monke
   assert any("train/mlm_loss" in r for r in rows) and any("train/itm_loss" in r for r in rows)
 
 
-def test_resume_with_two_streams_matches_an_uninterrupted_run(tmp_path):
-  """Stopped after 14 updates (2 ITM, 12 MLM: both streams part-way), resumed: same parameters."""
-  c = tiny_config(**{"num_epochs": 1.0, "loss.mixture": True, "evals": {}})
-  stop = 14
-  kinds = steps.step_kinds(c.seed, 0, stop, c.loss)
-  assert 0 < kinds.sum() < stop  # both streams have moved
-  _, full = train.train_and_evaluate(c, str(tmp_path / "full"), progress=False)
-  _, first = train.train_and_evaluate(
-    c, str(tmp_path / "split"), stop_after_steps=stop, progress=False
-  )
-  assert (int(first.step), int(first.itm_step)) == (stop, int(kinds.sum()))
-  from jimte import checkpointing
-
-  ckpt = checkpointing.Checkpointer(str(tmp_path / "split" / "checkpoints"))
-  saved, meta = ckpt.restore(checkpointing.abstract_like(first), step=stop)
-  ckpt.close()
-  assert int(saved.step) == stop and int(saved.itm_step) == int(kinds.sum())
-  assert (meta["itm_steps"], meta["mlm_steps"]) == (int(kinds.sum()), stop - int(kinds.sum()))
-  _, resumed = train.train_and_evaluate(c, str(tmp_path / "split"), progress=False)
-  assert int(resumed.step) == int(full.step) and int(resumed.itm_step) == int(full.itm_step) == 8
-  for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
-    np.testing.assert_array_equal(a, b)
-
-
 def test_step_kinds_follow_the_mixture_and_do_not_depend_on_where_they_are_read():
   c = tiny_config(**{"loss.mixture": True})
   kinds = steps.step_kinds(c.seed, 0, 20000, c.loss)
@@ -163,34 +112,6 @@ def test_step_kinds_follow_the_mixture_and_do_not_depend_on_where_they_are_read(
   c.loss.mixture = False
   assert steps.updates_for_itm_steps(c.seed, 7, 12, c.loss) == 12
   assert steps.step_kinds(c.seed, 0, 10, c.loss).all()
-
-
-def test_checkpoint_round_trip(tmp_path):
-  c = tiny_config()
-  _, state = train.train_and_evaluate(c, str(tmp_path), stop_after_steps=4, progress=False)
-  from jimte import checkpointing
-
-  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
-  assert ckpt.latest_step() == 4
-  restored, meta = ckpt.restore(checkpointing.abstract_like(state))
-  assert meta["step"] == 4
-  for a, b in zip(
-    jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(restored)), strict=True
-  ):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  ckpt.close()
-
-
-@pytest.mark.parametrize("log_every_steps", [2, 1000])  # noticed at a log step | before a save
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, log_every_steps):
-  c = tiny_config(**{"loss.mixture": False, "log_every_steps": log_every_steps})
-  train.train_and_evaluate(c, str(tmp_path), stop_after_steps=4, progress=False)
-  c.optim.learning_rate = float("nan")  # poisons the next update: step 5's gradients become NaN
-  with pytest.raises(train.NonFiniteError, match="non-finite"):
-    train.train_and_evaluate(c, str(tmp_path), progress=False)
-  from jimte import checkpointing
-
-  assert checkpointing.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == 4
 
 
 def test_unknown_config_override_is_an_error_naming_the_key(tmp_path):

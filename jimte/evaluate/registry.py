@@ -372,7 +372,8 @@ class GroundingEvaluator(Evaluator):
     lines = [
       f"{self.name}: grounding of {int(results['num_phrases'])} finding phrases of {self.split!r} "
       f"in their boxes ({skipped} skipped); pointing game chance "
-      f"{results['chance_pointing_game']:.3f} (mean box area)"
+      f"{results['chance_pointing_game']:.3f} (mean box area), ceiling of the region grid "
+      f"{results['oracle/pointing_game']:.3f}"
     ]
     before = self.untrained if self.untrained and self.untrained is not results else None
     header = f"    {'':22s} {'pointing':>9s} {'CNR':>6s} {'mIoU':>6s}"
