@@ -92,6 +92,7 @@ def optim_config() -> ml_collections.ConfigDict:
       decay_epoch=-1.0,  # step schedule: x decay_factor from this epoch on (-1: never)
       decay_factor=0.1,
       warmup_epochs=0.0,  # warmup_cosine: linear warmup, then cosine to zero
+      decay_all=False,  # weight decay on every parameter (the release's) or on matrices only
     )
   )
 

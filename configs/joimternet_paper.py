@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = common.optim_config()
   c.optim.schedule = "step"  # the release's StepLR(lr_drop=20, gamma=0.1), stepped per epoch
   c.optim.decay_epoch = 20.0
+  c.optim.decay_all = True  # torch.optim.AdamW over all parameters, biases and norms included
 
   common.add_run_defaults(c)
   c.batch_size = args.batch_size

@@ -63,7 +63,8 @@ def make_tower_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTran
         b2=optim.b2,
         eps=optim.eps,
         weight_decay=optim.weight_decay,
-        mask=_decay_mask,
+        # The release's torch AdamW decays every parameter (decay_all, the paper config's).
+        mask=None if optim.get("decay_all", False) else _decay_mask,
       ),
     )
 

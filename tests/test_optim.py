@@ -71,3 +71,18 @@ def test_weight_decay_skips_vectors():
   new, _ = optim.apply_tower_update(tx, tx.init(params), params, zeros, 0.1)
   assert float(new["bias"][0]) == pytest.approx(1.0)
   assert float(new["kernel"][0, 0]) == pytest.approx(1.0 - 0.1 * 0.5)
+
+
+def test_decay_all_decays_vectors_too_and_is_the_paper_configs():
+  from configs import joimternet_paper
+
+  cfg = common.optim_config()
+  cfg.update(weight_decay=0.5, decay_all=True)
+  tx = optim.make_tower_optimizer(cfg)
+  params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  new, _ = optim.apply_tower_update(tx, tx.init(params), params, zeros, 0.1)
+  assert float(new["bias"][0]) == pytest.approx(1.0 - 0.1 * 0.5)
+  assert float(new["kernel"][0, 0]) == pytest.approx(1.0 - 0.1 * 0.5)
+  assert joimternet_paper.get_config().optim.decay_all
+  assert not common.optim_config().decay_all
