@@ -273,9 +273,6 @@ class JimteModel:
     its normalised word vectors), as `jimte.evaluate.grounding` scores them. A phrase absent from
     the tokenised report (cut by max_len) is an error naming it.
     """
-    import jax.numpy as jnp
-
-    from jimte import losses
     from jimte.evaluate import grounding
 
     model_input, geometry = self.preprocess(image)
@@ -284,23 +281,15 @@ class JimteModel:
     image_out = self._image_fn(self.variables, model_input[None])
     tokens = self.tokenizer.encode([text])
     text_out = self._text_fn(self.variables, tokens)
-    regions = np.asarray(image_out.regions, np.float32)  # [1, h, w, D], as training sees them
-    _, h, w, d = regions.shape
-    words = np.asarray(text_out.words, np.float32)  # [1, T, D]
-    mask = np.asarray(text_out.word_mask, bool)
-    alpha = np.asarray(
-      losses.word_region_attention(
-        jnp.asarray(regions.reshape(1, h * w, d)),
-        jnp.asarray(words),
-        jnp.asarray(mask),
-        float(self.config.loss.gamma1),
-      )
-    )[0]  # [T, R]
+    encoded = {  # raw tower outputs, as training (and the grounding evaluator) sees them
+      "regions": np.asarray(image_out.regions, np.float32),
+      "words": np.asarray(text_out.words, np.float32),
+      "word_mask": np.asarray(text_out.word_mask, bool),
+    }
+    h, w = encoded["regions"].shape[1:3]
     pieces = [self.tokenizer.id_to_piece(int(t)) for t in tokens[0, 1:]]
-    report_words = grounding.report_words(pieces, mask[0])
-    unit_regions = _l2(regions.reshape(h * w, d))
-    unit_words = _l2(words[0])
-    labels, attention, similarity = [], [], []
+    report_words = grounding.report_words(pieces, encoded["word_mask"][0])
+    found = []
     for phrase, start in phrases:
       slots = grounding.phrase_slots(report_words, text, phrase, int(start))
       if slots is None:
@@ -308,16 +297,15 @@ class JimteModel:
           f"phrase {phrase!r} at character {start} is not in the tokenised report "
           f"(max_len {self.tokenizer.max_len} tokens)"
         )
-      slots = list(slots)
-      vector = _l2(unit_words[slots].mean(0))
-      labels.append(phrase)
-      attention.append(alpha[slots].mean(0).reshape(h, w))
-      similarity.append((unit_regions @ vector).reshape(h, w))
+      found.append(grounding.Phrase(0, "", phrase, slots, ()))
+    labels = [p.term for p in found]
+    grids = grounding.phrase_maps(encoded, found, float(self.config.loss.gamma1))
+    attention, similarity = grids["attention"], grids["similarity"]
     empty = np.zeros((0, geometry.height, geometry.width), np.float32)
     return PhraseMaps(
       phrases=labels,
-      attention=geometry.to_original(np.stack(attention)).astype(np.float32) if labels else empty,
-      similarity=geometry.to_original(np.stack(similarity)).astype(np.float32) if labels else empty,
+      attention=geometry.to_original(attention).astype(np.float32) if labels else empty,
+      similarity=geometry.to_original(similarity).astype(np.float32) if labels else empty,
       grid=(h, w),
       geometry=geometry,
     )

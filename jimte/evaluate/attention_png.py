@@ -190,12 +190,19 @@ def save_attention_png(
     fontsize=9,
   )
   fig.tight_layout()
+  return write_figure_png(fig, path)
+
+
+def write_figure_png(fig, path: str, dpi: int = 110) -> str:
+  """Saves a matplotlib figure as a PNG at `path` (local or GCS, through tf.io.gfile) and closes
+  it; returns the path."""
   import io
 
-  import tensorflow as tf  # tf.io.gfile: the work dir may be on GCS
+  import matplotlib.pyplot as plt
+  import tensorflow as tf
 
   buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=110)
+  fig.savefig(buffer, format="png", dpi=dpi)
   plt.close(fig)
   tf.io.gfile.makedirs(os.path.dirname(path) or ".")
   with tf.io.gfile.GFile(path, "wb") as f:

@@ -9,13 +9,13 @@ match best.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections.abc import Sequence
 
 import numpy as np
 
+from jimte.evaluate.attention_png import write_figure_png
 from jimte.image_files import read_xray
 
 
@@ -55,7 +55,6 @@ def render_png(path: str, pixels: np.ndarray, maps, *, title: str = "") -> str:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  import tensorflow as tf  # tf.io.gfile: the output may be on GCS
 
   rows = max(1, len(maps.phrases))
   fig, axes = plt.subplots(rows, 3, figsize=(8.4, 2.9 * rows), squeeze=False)
@@ -83,13 +82,7 @@ def render_png(path: str, pixels: np.ndarray, maps, *, title: str = "") -> str:
   if title:
     fig.suptitle(title[:140], fontsize=8)
   fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=110)
-  plt.close(fig)
-  tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-  with tf.io.gfile.GFile(path, "wb") as f:
-    f.write(buffer.getvalue())
-  return path
+  return write_figure_png(fig, path)
 
 
 def pair_heatmap(model, image, text: str, path: str, *, phrases=None, labeler=None) -> str:
