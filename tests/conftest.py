@@ -1,7 +1,25 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and one compilation cache for the whole test session."""
 
-import jax
-import pytest
+import os
+import tempfile
+
+# XLA's compile of a train step is most of a tiny run's time (~45 of ~70 s on 2 cores), and the
+# trainer tests start many identical runs (resume, kill, multi-process): every process of the
+# session, the test workers and the runs they start, shares one persistent cache (a truncated
+# entry, e.g. of a killed run, is read as a miss). scripts/test.sh gives each session a fresh one.
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR",
+  os.path.join(tempfile.gettempdir(), f"jimte-tests-jax-cache-{os.getuid()}"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+import jax  # noqa: E402  (after the cache's settings, which jax reads at import)
+import pytest  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 @pytest.fixture

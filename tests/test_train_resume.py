@@ -16,7 +16,9 @@ from tests._tiny import param_leaves, tiny_config
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, capsys):
-  c = tiny_config(**{"num_epochs": 2.0, "loss.mixture": False})  # 16 image-text steps
+  c = tiny_config(  # 16 image-text steps
+    **{"num_epochs": 2.0, "loss.mixture": False, "evals.grounding.untrained_baseline": True}
+  )
   _, full = train.train_and_evaluate(c, str(tmp_path / "full"), progress=False)
   _, first = train.train_and_evaluate(
     c, str(tmp_path / "split"), stop_after_steps=6, progress=False
