@@ -3,6 +3,7 @@
   python -m jimte.main --config configs/default.py --workdir workdirs/default
   python -m jimte.main --config configs/default.py:runlocal --workdir /tmp/smoke   # a minute-long
   smoke run configs/default.py:tiny   # tiny towers and data: what the tests run
+  configs/default.py:tiny,noevals     # and no evaluators (tests that compare parameters only)
 Any field can be overridden with --config.<key>=<value>; an unknown key is an error naming it.
 """
 
@@ -15,7 +16,7 @@ from jimte.models.joimternet import small_model_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, runlocal=False, tiny=False)
+  args = common.parse_arg(arg, runlocal=False, tiny=False, noevals=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -124,4 +125,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 2
     c.evals.attention_png.num_pairs = 2
     c.evals.grounding.untrained_baseline = False  # one pass fewer per run (tests that want it: on)
+  if args.noevals:
+    c.evals = ml_collections.ConfigDict()
   return c

@@ -21,6 +21,9 @@ from launch import multiprocess
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--config", "configs/default.py:tiny", "--noprogress"]
+# Runs compared by their parameters only: no evaluators (the multi-process runs keep theirs, so that
+# evaluation over two processes is exercised too).
+TINY_NO_EVALS = ["--config", "configs/default.py:tiny,noevals", "--noprogress"]
 
 
 def _env(devices: int) -> dict:
@@ -34,8 +37,9 @@ def _env(devices: int) -> dict:
 
 
 def _main(workdir, *overrides, devices=1, **popen):
+  """A one-process run of the tiny config without evaluators."""
   return subprocess.Popen(
-    [sys.executable, "-m", "jimte.main", *TINY, "--workdir", str(workdir), *overrides],
+    [sys.executable, "-m", "jimte.main", *TINY_NO_EVALS, "--workdir", str(workdir), *overrides],
     cwd=REPO,
     env=_env(devices),
     stdout=subprocess.PIPE,

@@ -135,6 +135,16 @@ def test_unknown_config_override_is_an_error_naming_the_key(tmp_path):
   assert "gama1" in proc.stderr
 
 
+def test_the_noevals_argument_drops_every_evaluator_and_nothing_else():
+  from configs import default
+
+  tiny, bare = default.get_config("tiny"), default.get_config("tiny,noevals")
+  assert set(tiny.evals) >= {"retrieval", "grounding", "attention_png"} and not bare.evals
+  assert tiny.to_dict() == {**bare.to_dict(), "evals": tiny.evals.to_dict()}
+  with pytest.raises(KeyError, match="noeval"):
+    default.get_config("tiny,noeval")
+
+
 def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path):
   c = tiny_config(
     **{
