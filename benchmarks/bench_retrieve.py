@@ -35,25 +35,16 @@ def best_time(fn, repeats):
   return best
 
 
-@functools.cache
-def _matvec():
-  """A jitted pass over the stored rows (product with one query, then a max): the bytes that a
-  batch-1 search must read, without its top-K."""
-  import jax
-  import jax.numpy as jnp
-
-  return jax.jit(lambda q, r: jnp.max(q @ r.T))
-
-
-def _matvec_floor(query, rows) -> None:
-  _matvec()(query, rows).block_until_ready()
-
-
 def main() -> None:
   import faiss
   import jax
+  import jax.numpy as jnp
 
   from jimte import search
+
+  # The bandwidth floor: one pass over the stored rows (product with one query, then a max), the
+  # bytes a batch-1 search must read, without its top-K.
+  matvec = jax.jit(lambda q, r: jnp.max(q @ r.T))
 
   p = argparse.ArgumentParser()
   p.add_argument("--sizes", default="100000,1000000")
@@ -70,10 +61,9 @@ def main() -> None:
       index = search.DeviceIndex(stored)
       flat = faiss.IndexFlatIP(d)
       flat.add(stored)
-      t_floor = best_time(
-        functools.partial(_matvec_floor, jax.device_put(unit(rng, 1, d)), jax.device_put(stored)),
-        args.repeats,
-      )
+      probe, rows = jax.device_put(unit(rng, 1, d)), jax.device_put(stored)
+      t_floor = best_time(lambda q=probe, r=rows: matvec(q, r).block_until_ready(), args.repeats)
+      del probe, rows
       print(
         json.dumps(
           dict(
