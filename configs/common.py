@@ -108,6 +108,20 @@ def mesh_config() -> ml_collections.ConfigDict:
   )
 
 
+def alc_config() -> ml_collections.ConfigDict:
+  """ALC-ITR's RRA-VL objective (docs/alc_itr.md); weight 0 = stage 1, JoImTeRNet alone."""
+  return ml_collections.ConfigDict(
+    dict(
+      weight=0.0,  # > 0: the location-conditioned loss joins every ITM step (stage 2)
+      slots=4,  # regions per step, the same for the whole global batch
+      scale=10.0,  # logit scale of the region cosines (as gamma3 of the sentence level)
+      positives="same_text",  # same_text | same_finding (also same nonzero code: SupCon)
+      text_len=32,  # tokens of a region text
+      boxes="auto",  # auto: a split's own per-image boxes where it has them, else the atlas | atlas
+    )
+  )
+
+
 def add_run_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The run-level fields every config shares (durations in steps; evaluators; mesh), set in place.
 
@@ -122,6 +136,11 @@ def add_run_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.best_mode = "max"
   c.peak_flops_per_device = 0.0  # for the MFU estimate; 0 = look the device kind up (jimte/perf.py)
   c.mesh = mesh_config()
+  c.alc = alc_config()
+  # A finished run's work dir whose latest checkpoint's params (and batch statistics) start this
+  # run: parameters of the same path and shape are taken, new ones (e.g. the anatomy head) keep
+  # their initialisation, optimizer states start fresh. Ignored once this run has a checkpoint.
+  c.init_from = ""
   # Evaluators: name -> dict(type, split, every_steps, <the type's settings>); `type` picks the
   # class (jimte/evaluate/registry.py). every_steps > 0: also every so many steps, saving a
   # checkpoint with the results (for keep_best_checkpoints); 0: only once training is complete.

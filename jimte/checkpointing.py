@@ -130,3 +130,42 @@ def load_state_numpy(directory: str, step: int | None = None) -> tuple[Any, dict
   with open(os.path.join(step_dir, "meta", "metadata")) as f:
     meta = json.load(f)
   return state, meta
+
+
+def init_from_run(state: Any, state_shardings: Any, workdir: str) -> tuple[Any, dict[str, int]]:
+  """`state` with the params and batch statistics of the latest checkpoint of run `workdir`.
+
+  A parameter of the same path and shape is taken; one only this model has keeps its
+  initialisation (e.g. a stage-2 head); a saved one of another shape, or one this model lacks, is
+  an error naming it (nothing is silently dropped). The optimizer states stay fresh.
+  Returns (state, counts of taken / new leaves).
+  """
+  from flax import traverse_util
+
+  saved, _ = load_state_numpy(os.path.join(workdir, "checkpoints"))
+  counts = {"taken": 0, "new": 0}
+  merged = {}
+  for collection in ("params", "batch_stats"):
+    current = traverse_util.flatten_dict(getattr(state, collection), sep="/")
+    shardings = traverse_util.flatten_dict(getattr(state_shardings, collection), sep="/")
+    source = traverse_util.flatten_dict(saved.get(collection) or {}, sep="/")
+    unknown = sorted(set(source) - set(current))
+    if unknown:
+      raise ValueError(
+        f"config.init_from={workdir}: {collection} {unknown[0]!r} (and {len(unknown) - 1} more) "
+        "of the saved run are not in this model"
+      )
+    out = {}
+    for path, value in current.items():
+      if path not in source:
+        out[path], counts["new"] = value, counts["new"] + 1
+        continue
+      if tuple(source[path].shape) != tuple(value.shape):
+        raise ValueError(
+          f"config.init_from={workdir}: {collection} {path!r} has shape "
+          f"{tuple(source[path].shape)} there, {tuple(value.shape)} in this model"
+        )
+      out[path] = jax.device_put(np.asarray(source[path], value.dtype), shardings[path])
+      counts["taken"] += 1
+    merged[collection] = traverse_util.unflatten_dict(out, sep="/")
+  return state.replace(**merged), counts

@@ -15,6 +15,8 @@ SUBCOMMANDS = {
   "classify": "classify X-rays with a trained model (jimte.classify)",
   "heatmap": "where a trained model grounds a report's findings in an X-ray (jimte.heatmap)",
   "sweep": "run / print / collect an ablation sweep of configs/sweeps (launch.sweep)",
+  "alc-retrieve": "anatomy-conditioned retrieval from an --anatomy export (jimte.alc_retrieve)",
+  "ms-cxr": "phrase grounding on MS-CXR's boxes (jimte.evaluate.ms_cxr)",
 }
 MODULES = {
   "export": "jimte.export",
@@ -22,12 +24,14 @@ MODULES = {
   "classify": "jimte.classify",
   "heatmap": "jimte.heatmap",
   "sweep": "launch.sweep:cli",
+  "alc-retrieve": "jimte.alc_retrieve",
+  "ms-cxr": "jimte.evaluate.ms_cxr",
 }
 
 
 def usage() -> str:
   lines = ["usage: jimte {" + ",".join(SUBCOMMANDS) + "} ARGS...", ""]
-  lines += [f"  {name:9s} {text}" for name, text in SUBCOMMANDS.items()]
+  lines += [f"  {name:12s} {text}" for name, text in SUBCOMMANDS.items()]
   return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 
 import jax
 import ml_collections
+import numpy as np
 from jax.experimental import multihost_utils
 
 from data_pipeline import builders
@@ -21,6 +22,9 @@ from data_pipeline import input as input_lib
 from data_pipeline.tokenizer import Tokenizer
 from jimte import batches as batches_lib
 from jimte import multihost
+from jimte import steps as steps_lib
+from jimte.anatomy import table as anatomy_table
+from jimte.anatomy.table import AnatomyTable
 
 log = logging.getLogger("jimte.data")
 
@@ -34,6 +38,9 @@ class DataBundle:
   tokenizer: Tokenizer
   tokenizer_dir: str
   ground_truth: dict[str, list[list[dict]]]  # split -> per-example findings (synthetic set only)
+  # split -> the phantoms' per-image region boxes [N, 29, 4] (synthetic set only)
+  region_boxes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  _anatomy: dict[str, AnatomyTable] = dataclasses.field(default_factory=dict, repr=False)
 
   @property
   def num_train(self) -> int:
@@ -48,12 +55,13 @@ class DataBundle:
     dc = config.data
     splits = [dc.train_split] + sorted(set(eval_splits) - {dc.train_split})
     ground_truth: dict[str, list[list[dict]]] = {}
+    region_boxes: dict[str, np.ndarray] = {}
     train_texts = None
     if dc.source == "synthetic":
       sources = {}
       for split in splits:
-        source, texts, findings = _synthetic_source(dc, split)
-        sources[split], ground_truth[split] = source, findings
+        source, texts, findings, boxes = _synthetic_source(dc, split)
+        sources[split], ground_truth[split], region_boxes[split] = source, findings, boxes
         if split == dc.train_split:
           train_texts = texts
     elif dc.source == "tfds":
@@ -74,7 +82,43 @@ class DataBundle:
       tokenizer=tokenizer,
       tokenizer_dir=tokenizer_dir,
       ground_truth=ground_truth,
+      region_boxes=region_boxes,
     )
+
+  # ---------------------------------------------------------------------------------------------
+  def anatomy_table(self, split: str) -> AnatomyTable:
+    """The split's anatomy (region texts tokenised, codes, boxes), built once on each host.
+
+    Phantoms: exact codes and their own boxes; a TFDS split: the labeler's weak codes, and its
+    `region_boxes` feature where it has one (config.alc.boxes='auto'), else the default atlas.
+    """
+    if split not in self._anatomy:
+      alc = self.config.alc
+      if alc.boxes not in ("auto", "atlas"):
+        raise ValueError(f"config.alc.boxes: {alc.boxes!r} is not one of auto | atlas")
+      source = self.sources[split]
+      texts = _texts_of(source)
+      if split in self.ground_truth:
+        boxes = self.region_boxes[split] if alc.boxes == "auto" else None
+        table = anatomy_table.synthetic_table(texts, self.ground_truth[split], boxes)
+      else:
+        boxes = _region_boxes_of(source) if alc.boxes == "auto" else None
+        table = anatomy_table.build_table(texts, boxes=boxes)
+      self._anatomy[split] = table.with_tokens(self.tokenizer, int(alc.text_len))
+      log.info(
+        "anatomy of %s: %d examples, %d distinct region texts, %d abnormal (image, region) pairs",
+        split,
+        table.num_examples,
+        len(table.texts),
+        int(np.sum(table.codes != 0)),
+      )
+    return self._anatomy[split]
+
+  def _with_anatomy(self, split: str, host_batches: Iterator[dict]) -> Iterator[dict]:
+    """Host batches with the split's anatomy rows joined by their `index`."""
+    table = self.anatomy_table(split)
+    for batch in host_batches:
+      yield {**batch, **table.batch_rows(batch["index"])}
 
   # ---------------------------------------------------------------------------------------------
   def train_batches(self, mesh, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
@@ -93,6 +137,8 @@ class DataBundle:
       start_step=start_step,
       global_order=isinstance(source, input_lib.RandomAccessSource),
     )
+    if steps_lib.uses_anatomy(c):
+      it = self._with_anatomy(c.data.train_split, it)
     return batches_lib.prefetch_to_mesh(it, mesh, size=2)
 
   def mlm_batches(self, mesh, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
@@ -113,8 +159,9 @@ class DataBundle:
     )
     return batches_lib.prefetch_to_mesh(dataset.as_numpy_iterator(), mesh, size=2)
 
-  def eval_batches(self, mesh, split: str) -> Iterator[dict[str, jax.Array]]:
-    """One pass over `split`, every example exactly once across hosts, padding marked invalid."""
+  def eval_batches(self, mesh, split: str, anatomy: bool = False) -> Iterator[dict[str, jax.Array]]:
+    """One pass over `split`, every example exactly once across hosts, padding marked invalid;
+    with `anatomy`, the split's anatomy rows joined (`anatomy_table`)."""
     c = self.config
     batches = input_lib.make_eval_batches(
       self.sources[split],
@@ -126,6 +173,8 @@ class DataBundle:
       process_count=jax.process_count(),
       eval_native_crop=input_lib.uses_native_crop(c.data.get("augment", "none")),
     )
+    if anatomy:
+      batches = self._with_anatomy(split, batches)
     return (batches_lib.to_global_batch(b, mesh) for b in batches)
 
   def ground_truth_boxes(self, split: str) -> dict[int, list[tuple[str, tuple[float, ...]]]] | None:
@@ -164,7 +213,7 @@ def _synthetic_source(dc: ml_collections.ConfigDict, split: str):
     patient_ids=generated["patient_id"],
     labels=generated["labels"],
   )
-  return source, list(generated["text"]), list(generated["findings"])
+  return source, list(generated["text"]), list(generated["findings"]), generated["region_boxes"]
 
 
 def phantom_config(dc: ml_collections.ConfigDict):
@@ -257,8 +306,8 @@ def _load_or_train_tokenizer(config, directory: str, train_source, train_texts) 
   saved = multihost.from_process_0(tf.io.gfile.exists(os.path.join(directory, "tokenizer.json")))
   if saved:
     tokenizer = Tokenizer.load(directory)
-  elif tc.path:
-    tokenizer = Tokenizer.load(tc.path)
+  elif tc.path or config.get("init_from"):  # a stage-2 run reads its stage-1 run's tokenizer
+    tokenizer = Tokenizer.load(tc.path or os.path.join(config.init_from, "tokenizer"))
     if jax.process_index() == 0:
       tokenizer.save(directory)
   else:
@@ -296,3 +345,12 @@ def _texts_of(source) -> list[str]:
   return [
     t.decode("utf-8") for t in source.as_dataset(0, 1).map(lambda e: e["text"]).as_numpy_iterator()
   ]
+
+
+def _region_boxes_of(source) -> np.ndarray | None:
+  """[N, 29, 4] per-image region boxes of a source that stores them (`region_boxes`), else None."""
+  dataset = source.as_dataset(0, 1)
+  if "region_boxes" not in dataset.element_spec:
+    return None
+  boxes = list(dataset.map(lambda e: e["region_boxes"]).as_numpy_iterator())
+  return np.stack(boxes).astype(np.float32)

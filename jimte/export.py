@@ -34,7 +34,16 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STATE = "export_state.json"
 DEFAULT_PART_SIZE = 4096
-ARRAY_COLUMNS = ("embedding", "regions", "words", "word_mask")
+ARRAY_COLUMNS = (
+  "embedding",
+  "regions",
+  "words",
+  "word_mask",
+  "anatomy",  # image exports with anatomy: [29, D] region embeddings (atlas boxes)
+  "region_text",  # report exports with anatomy: [29, D] region-text vectors
+  "region_codes",  # report exports with anatomy: [29] weak region codes (jimte.anatomy.regions)
+)
+STRING_COLUMNS = ("report", "region_sentences")  # region_sentences: JSON, 29 lists of sentences
 
 
 class ExportExistsError(FileExistsError):
@@ -54,8 +63,9 @@ def _fixed_list(values: np.ndarray) -> pa.Array:
 
 def _table(rows: Mapping[str, np.ndarray | list], skipped: list[dict]) -> pa.Table:
   columns = {"id": pa.array([str(i) for i in rows["id"]], pa.string())}
-  if "report" in rows:
-    columns["report"] = pa.array([None if r is None else str(r) for r in rows["report"]])
+  for key in STRING_COLUMNS:
+    if key in rows:
+      columns[key] = pa.array([None if r is None else str(r) for r in rows[key]], pa.string())
   shapes = {}
   for key in ARRAY_COLUMNS:
     if key in rows:
@@ -263,6 +273,10 @@ def read_export(path: str, *, columns: Iterable[str] = ()) -> Export:
   shapes = manifest["shapes"]
 
   def column(name):
+    if name not in table.column_names:
+      raise KeyError(f"{path}: the export has no column {name!r} (columns: {table.column_names})")
+    if name in STRING_COLUMNS:
+      return table.column(name).to_pylist()
     values = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return values.reshape(len(table), *shapes[name])
 
@@ -306,6 +320,7 @@ def export_folder(
   out_dir: str,
   *,
   regions: bool = False,
+  anatomy: bool = False,
   part_size: int = DEFAULT_PART_SIZE,
   batch_size: int = 32,
   overwrite: bool = False,
@@ -315,9 +330,10 @@ def export_folder(
   barrier=None,
   stop_after_parts: int | None = None,
 ) -> dict | None:
-  """Global (and, with `regions`, region) embeddings of every image file under `folder`, by
-  relative path in sorted order; this host takes every `process_count`-th file. A file that
-  cannot be read is skipped and listed in the manifest (`strict`: the first one fails)."""
+  """Global (and, with `regions`, region; with `anatomy`, the atlas regions') embeddings of every
+  image file under `folder`, by relative path in sorted order; this host takes every
+  `process_count`-th file. A file that cannot be read is skipped and listed in the manifest
+  (`strict`: the first one fails)."""
   from jimte.image_files import BadImageError, read_xray
 
   files = sorted(
@@ -331,6 +347,8 @@ def export_folder(
   share = files[process_index::process_count]
   settings, manifest = model_manifest(model, "image", os.path.abspath(folder))
   settings["regions"] = regions
+  if anatomy:
+    settings["anatomy"] = True
   writer = ExportWriter(
     out_dir, settings, part_size=part_size, process_index=process_index, overwrite=overwrite
   ).open()
@@ -357,16 +375,20 @@ def export_folder(
         if strict:
           raise
         if pending:
-          if _encode_images(model, writer, pending, regions) >= (stop_after_parts or float("inf")):
+          if _encode_images(model, writer, pending, regions, anatomy) >= (
+            stop_after_parts or float("inf")
+          ):
             return None
           pending = []
         writer.skip(dict(source=rel, error=str(e)))
       if len(pending) == batch_size:
-        if _encode_images(model, writer, pending, regions) >= (stop_after_parts or float("inf")):
+        if _encode_images(model, writer, pending, regions, anatomy) >= (
+          stop_after_parts or float("inf")
+        ):
           return None
         pending = []
       bar.update(1)
-    if pending and _encode_images(model, writer, pending, regions) >= (
+    if pending and _encode_images(model, writer, pending, regions, anatomy) >= (
       stop_after_parts or float("inf")
     ):
       return None
@@ -375,12 +397,39 @@ def export_folder(
   return writer.close(manifest, process_count=process_count, barrier=barrier)
 
 
-def _encode_images(model, writer: ExportWriter, pending: list, regions: bool) -> int:
+def _encode_images(
+  model, writer: ExportWriter, pending: list, regions: bool, anatomy: bool = False
+) -> int:
   out = model.encode_images([image for _, image in pending], regions=regions)
   rows = dict(id=[rel for rel, _ in pending], embedding=out.embeddings)
   if regions:
     rows["regions"] = out.regions
+  if anatomy:  # the default atlas's 29 boxes on each file
+    from jimte.anatomy.regions import default_atlas
+
+    rows["anatomy"] = np.stack([model.encode_anatomy(x, default_atlas())[0] for _, x in pending])
   return writer.add(rows)
+
+
+def _anatomy_rows(model, texts: list[str], labeler) -> dict:
+  """Report rows' anatomy: region-text vectors [n, 29, D], weak codes, the sentences (JSON)."""
+  from jimte.anatomy.regions import report_anatomy
+
+  per_report = [report_anatomy(t, labeler) for t in texts]
+  flat = model.encode_region_texts([text for texts_, _, _ in per_report for text in texts_])
+  return dict(
+    region_text=flat.reshape(len(texts), -1, flat.shape[-1]),
+    region_codes=np.stack([codes for _, _, codes in per_report]).astype(np.float32),
+    region_sentences=[json.dumps(sentences) for _, sentences, _ in per_report],
+  )
+
+
+def _labeler(anatomy: bool):
+  if not anatomy:
+    return None
+  from data_pipeline.labels.labeler import ReportLabeler
+
+  return ReportLabeler()
 
 
 def export_csv(
@@ -391,6 +440,7 @@ def export_csv(
   id_column: str = "id",
   text_column: str = "report",
   words: bool = False,
+  anatomy: bool = False,
   part_size: int = DEFAULT_PART_SIZE,
   batch_size: int = 64,
   overwrite: bool = False,
@@ -399,7 +449,8 @@ def export_csv(
   barrier=None,
   stop_after_parts: int | None = None,
 ) -> dict | None:
-  """Sentence (and, with `words`, word) embeddings of the reports of a CSV, by its id column."""
+  """Sentence (and, with `words`, word; with `anatomy`, region-text) embeddings of the reports of
+  a CSV, by its id column."""
   import csv
 
   with open(csv_path, newline="") as f:
@@ -413,6 +464,9 @@ def export_csv(
   share = records[process_index::process_count]
   settings, manifest = model_manifest(model, "text", os.path.abspath(csv_path))
   settings.update(words=words, id_column=id_column, text_column=text_column)
+  if anatomy:
+    settings["anatomy"] = True
+  labeler = _labeler(anatomy)
   writer = ExportWriter(
     out_dir, settings, part_size=part_size, process_index=process_index, overwrite=overwrite
   ).open()
@@ -424,6 +478,8 @@ def export_csv(
       rows = dict(id=[i for i, _ in chunk], embedding=out.embeddings, report=[t for _, t in chunk])
       if words:
         rows.update(words=out.words, word_mask=out.word_mask)
+      if anatomy:
+        rows.update(_anatomy_rows(model, [t for _, t in chunk], labeler))
       bar.update(len(chunk))
       if writer.add(rows) >= (stop_after_parts or float("inf")):
         return None
@@ -455,6 +511,7 @@ def export_tfds(
   kind: str = "image",
   regions: bool = False,
   words: bool = False,
+  anatomy: bool = False,
   part_size: int = DEFAULT_PART_SIZE,
   batch_size: int = 32,
   overwrite: bool = False,
@@ -466,7 +523,8 @@ def export_tfds(
   """Image (`kind="image"`, rows carry their report too) or report (`kind="text"`) embeddings of
   a built TFDS split, in the split's stored order, with ids from `tfds_row_id`; this host takes
   its contiguous slice of the split (`TfdsSource`). Images go through the eval view, as in
-  training's evaluation."""
+  training's evaluation. `anatomy` (reports only) adds region-text vectors, weak region codes and
+  the region sentences (docs/alc_itr.md)."""
   import tensorflow as tf
 
   from data_pipeline.input import TfdsSource
@@ -480,6 +538,14 @@ def export_tfds(
     raise KeyError(f"{dataset_dir}: no split {split!r} ({e})") from None
   settings, manifest = model_manifest(model, kind, f"{os.path.abspath(dataset_dir)}:{split}")
   settings.update(regions=regions, words=words)
+  if anatomy:
+    if kind != "text":
+      raise ValueError(
+        "--anatomy on a TFDS split exports its reports' region texts: use it with --kind text "
+        "(image files get atlas-region embeddings through --images)"
+      )
+    settings["anatomy"] = True
+  labeler = _labeler(anatomy)
   writer = ExportWriter(
     out_dir, settings, part_size=part_size, process_index=process_index, overwrite=overwrite
   ).open()
@@ -510,6 +576,8 @@ def export_tfds(
       position += 1
       if len(pending) == batch_size or position % part_size == 0 or position == total:
         rows = _tfds_rows(model, pending, kind, regions, words)
+        if anatomy:
+          rows.update(_anatomy_rows(model, rows["report"], labeler))
         bar.update(len(pending))
         pending = []
         if writer.add(rows) >= (stop_after_parts or float("inf")):
@@ -573,6 +641,11 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--text-column", default="report")
   p.add_argument("--regions", action="store_true", help="also region embeddings (images)")
   p.add_argument("--words", action="store_true", help="also word embeddings (reports)")
+  p.add_argument(
+    "--anatomy",
+    action="store_true",
+    help="also ALC-ITR's anatomy: region-text vectors of reports, atlas-region vectors of images",
+  )
   p.add_argument("--part-size", type=int, default=DEFAULT_PART_SIZE)
   p.add_argument("--overwrite", action="store_true")
   p.add_argument("--strict", action="store_true", help="fail on the first bad image file")
@@ -596,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         kind=args.kind,
         regions=args.regions,
         words=args.words,
+        anatomy=args.anatomy,
         part_size=args.part_size,
         overwrite=args.overwrite,
         **hosts,
@@ -606,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         args.images,
         args.out,
         regions=args.regions,
+        anatomy=args.anatomy,
         part_size=args.part_size,
         overwrite=args.overwrite,
         strict=args.strict,
@@ -619,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
         id_column=args.id_column,
         text_column=args.text_column,
         words=args.words,
+        anatomy=args.anatomy,
         part_size=args.part_size,
         overwrite=args.overwrite,
         **hosts,

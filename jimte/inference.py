@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from jimte import checkpointing
+from jimte.anatomy.pooling import pool_boxes
 from jimte.evaluate import maps
 from jimte.image_files import XrayImage, read_xray
 from jimte.models import joimternet
@@ -45,6 +46,14 @@ class Geometry:
     return maps.grid_to_pixels(
       grid, self.height, self.width, top=self.top, left=self.left, side=self.side
     )
+
+  def box_to_input(self, boxes: np.ndarray) -> np.ndarray:
+    """Boxes [..., 4] normalised [y0, x0, y1, x1] on the original image -> the same boxes
+    normalised on the model input (clipped to it: the input is the centred crop)."""
+    boxes = np.asarray(boxes, np.float32)
+    y0, y1 = ((boxes[..., i] * self.height - self.top) / self.side for i in (0, 2))
+    x0, x1 = ((boxes[..., i] * self.width - self.left) / self.side for i in (1, 3))
+    return np.clip(np.stack([y0, x0, y1, x1], axis=-1), 0.0, 1.0).astype(np.float32)
 
   def to_input(self, row: float, col: float) -> tuple[float, float]:
     """An original pixel position (row, col) -> its position in the model input's pixels."""
@@ -130,6 +139,17 @@ class JimteModel:
       lambda v, x: module.apply(v, x, train=False, method=module.encode_image)
     )
     self._text_fn = jax.jit(lambda v, t: module.apply(v, t, train=False, method=module.encode_text))
+    self.has_anatomy_head = bool(model_config.image.get("anatomy_head", False))
+    self._anatomy_fn = jax.jit(self._anatomy)
+
+  def _anatomy(self, variables, images, boxes):
+    """Region embeddings [B, K, D] of boxes [B, K, 4] (model-input coordinates): the anatomy
+    head's, or for a model without one the region grid pooled in the boxes."""
+    module = self.module
+    if self.has_anatomy_head:
+      return module.apply(variables, images, False, boxes, method=module.encode_image).anatomy
+    out = module.apply(variables, images, train=False, method=module.encode_image)
+    return pool_boxes(out.regions, boxes)
 
   @classmethod
   def from_workdir(cls, workdir: str, step: int | None = None) -> JimteModel:
@@ -239,6 +259,46 @@ class JimteModel:
       words=_l2(np.concatenate(word)) if words else None,
       word_mask=np.concatenate(mask).astype(bool) if words else None,
     )
+
+  # ---- Anatomy (ALC-ITR, docs/alc_itr.md).
+  def encode_anatomy(self, image, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One image and boxes [K, 4] (normalised [y0, x0, y1, x1] on the original image, e.g. atlas
+    rows) -> (L2-normalised region embeddings [K, D], global embedding [D])."""
+    boxes = np.asarray(boxes, np.float32)
+    if boxes.ndim != 2 or boxes.shape[-1] != 4 or not len(boxes):
+      raise ValueError(f"boxes must be [K, 4] (y0, x0, y1, x1), got shape {boxes.shape}")
+    if not np.all(np.isfinite(boxes)) or np.any(boxes[:, 2:] < boxes[:, :2]):
+      raise ValueError(f"boxes must be finite with y1 >= y0 and x1 >= x0, got {boxes.tolist()}")
+    model_input, geometry = self.preprocess(image)
+    inputs = geometry.box_to_input(boxes)[None]
+    regions = np.asarray(self._anatomy_fn(self.variables, model_input[None], inputs))[0]
+    glob = np.asarray(self._image_fn(self.variables, model_input[None]).global_emb)[0]
+    return _l2(regions), _l2(glob[None])[0]
+
+  def region_text_length(self) -> int:
+    """Tokens of a region text: the trained run's `alc.text_len` (32 for older runs)."""
+    alc = self.config.get("alc") or {}
+    return min(int(alc.get("text_len", 32)), self.tokenizer.max_len)
+
+  def encode_region_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
+    """Region texts (a region's report sentences, or its normal sentence) -> L2-normalised
+    sentence vectors [N, D], tokenised to the region-text length training used."""
+    from data_pipeline.tokenizer import Tokenizer
+
+    if not len(texts):
+      return np.zeros((0, self.embed_dim), np.float32)
+    length = self.region_text_length()
+    tokenizer = self.tokenizer
+    if length != tokenizer.max_len:
+      tokenizer = Tokenizer(tokenizer.model_proto, max_len=length)
+    tokens = tokenizer.encode(list(texts))
+    out = []
+    for start, size in buckets(len(tokens), batch_size):
+      chunk = tokens[start : start + size]
+      out.append(
+        np.asarray(self._text_fn(self.variables, _pad(chunk, size)).sentence)[: len(chunk)]
+      )
+    return _l2(np.concatenate(out))
 
   def similarity(self, images, texts: Sequence[str]) -> np.ndarray:
     """[N_images, N_texts] cosine similarities of global image and sentence embeddings."""

@@ -153,8 +153,47 @@ def make_objective(config, mesh) -> Callable:
   )
 
 
+def uses_anatomy(config) -> bool:
+  """Whether the ITM step adds the RRA-VL objective (ALC-ITR stage 2)."""
+  alc = config.get("alc")
+  return alc is not None and float(alc.weight) != 0.0
+
+
+def make_anatomy_objective(config, mesh) -> Callable:
+  """The RRA-VL loss over the global batch (jimte/losses/anatomy.py)."""
+  alc = config.alc
+  return losses.conditioned_objective(mesh, scale=alc.scale, positives=alc.positives)
+
+
+def _anatomy_loss(model, variables, out, batch, rng, objective, slots: int):
+  """(loss, terms) of RRA-VL: `slots` regions drawn for the step, their embeddings against the
+  cases' region texts of the same regions (the text tower run on them, dropout on)."""
+  select_rng, dropout_rng = jax.random.split(rng)
+  n = batch["image"].shape[0]
+  chosen = losses.select_regions(select_rng, batch["region_codes"], slots)
+  tokens = jnp.take(batch["region_tokens"], chosen, axis=1)  # [n, R, Lr]
+  text = model.apply(
+    variables,
+    tokens.reshape(n * slots, tokens.shape[-1]),
+    train=True,
+    method=model.encode_text,
+    rngs={"dropout": dropout_rng},
+  )
+  valid = jnp.broadcast_to(batch["valid"][:, None], (n, slots)) if "valid" in batch else None
+  if valid is None:
+    valid = jnp.ones((n, slots), bool)
+  return objective(
+    jnp.take(out.anatomy, chosen, axis=1),
+    text.sentence.reshape(n, slots, -1),
+    jnp.take(batch["region_text_ids"], chosen, axis=1),
+    jnp.take(batch["region_codes"], chosen, axis=1),
+    valid,
+  )
+
+
 def make_itm_step(config, model, optimizers, schedule, objective, mesh):
   lc = config.loss
+  anatomy_objective = make_anatomy_objective(config, mesh) if uses_anatomy(config) else None
 
   def itm_step(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -163,11 +202,13 @@ def make_itm_step(config, model, optimizers, schedule, objective, mesh):
     study_ids = batch["study_index"] if lc.mask_same_study else None
 
     def loss_fn(params):
+      variables = {"params": params, "batch_stats": state.batch_stats}
       out, new_vars = model.apply(
-        {"params": params, "batch_stats": state.batch_stats},
+        variables,
         batch["image"],
         batch["tokens"],
         train=True,
+        boxes=batch["region_boxes"] if anatomy_objective is not None else None,
         mutable=["batch_stats"],
         rngs={"dropout": dropout_rng},
       )
@@ -184,6 +225,13 @@ def make_itm_step(config, model, optimizers, schedule, objective, mesh):
       total, terms = objective(
         out.image_global, out.sentence, regions, out.words, out.word_mask, neg_idx, study_ids
       )
+      if anatomy_objective is not None:
+        anatomy_rng = jax.random.fold_in(dropout_rng, 1)
+        alc_loss, alc_terms = _anatomy_loss(
+          model, variables, out, batch, anatomy_rng, anatomy_objective, int(config.alc.slots)
+        )
+        terms = {**terms, "anatomy": alc_loss, **alc_terms}
+        total = total + config.alc.weight * alc_loss
       return total, (terms, new_vars["batch_stats"])
 
     (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -202,6 +202,14 @@ def train_and_evaluate(
   if latest is not None:
     state, meta = ckpt.restore(checkpointing.abstract_like(state, state_shardings), step=latest)
     log.info("resumed from step %d (%s)", int(state.step), meta)
+  elif config.get("init_from"):
+    state, counts = checkpointing.init_from_run(state, state_shardings, config.init_from)
+    log.info(
+      "initialised from %s: %d parameter arrays taken, %d new",
+      config.init_from,
+      counts["taken"],
+      counts["new"],
+    )
   start_step, start_itm = int(state.step), int(state.itm_step)
   schedule_end = durations.end_update(config, start_step, start_itm)
   log.info(

@@ -214,9 +214,9 @@ def _spy_on_evaluation(monkeypatch) -> dict[str, list]:
   eval_batches, make_encode_fn = data_lib.DataBundle.eval_batches, encode.make_encode_fn
   boxes = data_lib.DataBundle.ground_truth_boxes
 
-  def spy_batches(self, mesh, split):
+  def spy_batches(self, mesh, split, anatomy=False):
     seen["encoded"].append(split)
-    return eval_batches(self, mesh, split)
+    return eval_batches(self, mesh, split, anatomy)
 
   def spy_boxes(self, split):
     seen["boxes"].append(split)

@@ -13,9 +13,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jimte.anatomy.pooling import pool_boxes
 from jimte.models.text import SENTENCE_POOLINGS
 
 ENCODED_KEYS = ("image_global", "regions", "sentence", "words", "word_mask")
+# Anatomy entries of a batch kept beside the embeddings when present (jimte/anatomy/table.py).
+ANATOMY_KEYS = ("region_codes", "region_text_ids")
 # The text tower's sentence vector under its other pooling (jimte.models.text.SENTENCE_POOLINGS),
 # with the same parameters: the original release offers both (`pool='cls'` or `'avg'`, one
 # `sent_fc`), and its retrieval notebook scores the one its checkpoint was not trained with.
@@ -32,14 +35,19 @@ def other_pooling(model) -> str | None:
 
 
 def make_encode_fn(model) -> Callable:
-  """A jitted function (variables, image, tokens) -> the joint outputs in eval mode, plus the
-  sentence vector under the text tower's other pooling (`OTHER_POOLING_KEY`) where it has one;
-  make it once per model (each call of this makes a new function, compiled anew)."""
+  """A jitted function (variables, image, tokens, anatomy=None) -> the joint outputs in eval mode,
+  plus the sentence vector under the text tower's other pooling (`OTHER_POOLING_KEY`) where it has
+  one; with `anatomy` (a batch's `region_boxes` and `region_tokens`) also the region embeddings
+  (`anatomy` [b, 29, D]: the anatomy head's, or the grid pooled in the boxes for a model without
+  one) and region-text vectors (`region_text` [b, 29, D]). Make it once per model."""
   pooling = other_pooling(model)
   other = None if pooling is None else model.clone(text=model.text.clone(sentence_pooling=pooling))
 
-  def encode(variables, image, tokens):
-    out = model.apply(variables, image, tokens, train=False)
+  has_head = bool(getattr(getattr(model, "image", None), "anatomy_head", False))
+
+  def encode(variables, image, tokens, anatomy=None):
+    boxes = None if anatomy is None or not has_head else anatomy["region_boxes"]
+    out = model.apply(variables, image, tokens, train=False, boxes=boxes)
     result = {
       "image_global": out.image_global,
       "regions": out.regions,
@@ -50,6 +58,16 @@ def make_encode_fn(model) -> Callable:
     if other is not None:
       text = other.apply(variables, tokens, train=False, method=other.encode_text)
       result[OTHER_POOLING_KEY] = text.sentence
+    if anatomy is not None:
+      region_tokens = anatomy["region_tokens"]
+      b, k, length = region_tokens.shape
+      text = model.apply(
+        variables, region_tokens.reshape(b * k, length), train=False, method=model.encode_text
+      )
+      # Without an anatomy head (a stage-1 model): the region grid pooled in the boxes, unprojected.
+      pooled = out.anatomy if has_head else pool_boxes(out.regions, anatomy["region_boxes"])
+      result["anatomy"] = pooled
+      result["region_text"] = text.sentence.reshape(b, k, -1)
     return result
 
   return jax.jit(encode)
@@ -72,13 +90,17 @@ def encode_split(
   collected: dict[str, list[np.ndarray]] = {}
   kept_images = 0
   for batch in batches:
-    out = encode(variables, batch["image"], batch["tokens"])
+    if "region_boxes" in batch:
+      anatomy = {k: batch[k] for k in ("region_boxes", "region_tokens")}
+      out = encode(variables, batch["image"], batch["tokens"], anatomy)
+    else:
+      out = encode(variables, batch["image"], batch["tokens"])
     out = {
       **out,
       "tokens": batch["tokens"],
       "index": batch["index"],
       "valid": batch["valid"],
-      **{k: batch[k] for k in extra_keys if k in batch},
+      **{k: batch[k] for k in (*extra_keys, *ANATOMY_KEYS) if k in batch},
     }
     if kept_images < keep_images:
       out["image"] = batch["image"]

@@ -24,7 +24,7 @@ import numpy as np
 
 from data_pipeline.input import study_filter
 from jimte import multihost
-from jimte.evaluate import attention_png, encode, grounding, retrieval
+from jimte.evaluate import anatomy_retrieval, attention_png, encode, grounding, retrieval
 
 log = logging.getLogger("jimte.evaluate")
 
@@ -48,6 +48,7 @@ class Evaluator(abc.ABC):
   TYPE: ClassVar[str]
   SETTINGS: ClassVar[Mapping[str, Any]]
   keep_images: int = 0  # input images of the split to keep in the encoding (for pictures)
+  needs_anatomy: bool = False  # the split's anatomy joined to its batches (region boxes, texts)
 
   def __init__(self, name: str, entry: Mapping[str, Any], config: ml_collections.ConfigDict):
     self.name = name
@@ -396,8 +397,75 @@ class GroundingEvaluator(Evaluator):
     return "\n".join(lines)
 
 
+class AnatomyRetrievalEvaluator(Evaluator):
+  """ALC-ITR's location-conditioned retrieval (`jimte.evaluate.anatomy_retrieval`): P@k, R@k and
+  mAP where a hit is the same finding in the same region, conditioned on the query's region and
+  not (plain global retrieval), on the same pool.
+
+  Settings: `k`, `blend` (weight of the global score in the blended one), `query_regions` (all |
+  leaves), `untrained_baseline`.
+  """
+
+  TYPE = "anatomy_retrieval"
+  SETTINGS = {"k": 10, "blend": 0.5, "query_regions": "all", "untrained_baseline": False}
+  needs_anatomy = True
+
+  def __init__(self, name, entry, config):
+    super().__init__(name, entry, config)
+    k, blend = self.settings["k"], self.settings["blend"]
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+      raise ValueError(f"{self.key}.k: {k!r} is not a positive integer")
+    if not isinstance(blend, (int, float)) or isinstance(blend, bool) or not 0 <= blend <= 1:
+      raise ValueError(f"{self.key}.blend: {blend!r} is not a number in [0, 1]")
+    if self.settings["query_regions"] not in anatomy_retrieval.QUERY_REGION_SETS:
+      raise ValueError(
+        f"{self.key}.query_regions: {self.settings['query_regions']!r} is not one of "
+        f"{', '.join(anatomy_retrieval.QUERY_REGION_SETS)}"
+      )
+    if not isinstance(self.settings["untrained_baseline"], bool):
+      raise ValueError(f"{self.key}.untrained_baseline: not True or False")
+    self.wants_untrained_baseline = self.settings["untrained_baseline"]
+
+  def __call__(self, encoded, *, data, workdir) -> dict[str, float]:
+    results = anatomy_retrieval.evaluate(
+      encoded,
+      k=self.settings["k"],
+      blend=float(self.settings["blend"]),
+      regions=self.settings["query_regions"],
+    )
+    if jax.process_index() == 0 and results.get("num_queries"):
+      print(self._summary(results), flush=True)
+    return results
+
+  def _summary(self, results: Mapping[str, float]) -> str:
+    k = self.settings["k"]
+    before = self.untrained if self.untrained and self.untrained is not results else None
+    lines = [
+      f"{self.name}: location-conditioned retrieval on {self.split!r}, "
+      f"{int(results['num_queries'])} (image, region) queries "
+      f"({int(results['skipped/no_relevant'])} without another such case skipped); a hit is "
+      f"the same finding in the same region; chance precision {results['chance_precision']:.3f}"
+      + ("  (untrained in brackets)" if before else ""),
+      f"    {'':14s} {f'P@{k}':>15s} {f'R@{k}':>15s} {'mAP':>15s}",
+    ]
+    for kind in anatomy_retrieval.SCORE_KINDS:
+      cells = []
+      for metric in (f"precision@{k}", f"recall@{k}", "mean_average_precision"):
+        key = f"{kind}/{metric}"
+        cell = f"{results[key]:.3f}" + (f" ({before[key]:.3f})" if before and key in before else "")
+        cells.append(f"{cell:>15s}")
+      lines.append(f"    {kind:14s} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 EVALUATORS: dict[str, type[Evaluator]] = {
-  cls.TYPE: cls for cls in (RetrievalEvaluator, AttentionPngEvaluator, GroundingEvaluator)
+  cls.TYPE: cls
+  for cls in (
+    RetrievalEvaluator,
+    AttentionPngEvaluator,
+    GroundingEvaluator,
+    AnatomyRetrievalEvaluator,
+  )
 }
 
 
@@ -471,7 +539,7 @@ class EvalRunner:
     return encode.encode_split(
       self._encode,
       variables,
-      self._data.eval_batches(self._mesh, split),
+      self._data.eval_batches(self._mesh, split, anatomy=evaluator.needs_anatomy),
       keep_images=evaluator.keep_images,
     )
 
@@ -487,11 +555,12 @@ class EvalRunner:
     for evaluator in evaluators:
       split = inputs[id(evaluator)]
       if split not in encoded:
+        readers = [e for e in evaluators if inputs[id(e)] == split]
         encoded[split] = encode.encode_split(
           self._encode,
           variables,
-          self._data.eval_batches(self._mesh, split),
-          keep_images=max(e.keep_images for e in evaluators if inputs[id(e)] == split),
+          self._data.eval_batches(self._mesh, split, anatomy=any(e.needs_anatomy for e in readers)),
+          keep_images=max(e.keep_images for e in readers),
         )
       out = evaluator(encoded[split], data=self._data, workdir=self._workdir)
       results.update({f"eval/{evaluator.name}/{k}": v for k, v in out.items()})

@@ -6,8 +6,10 @@
   negatives of the triplets (uniform draws, hardest mining).
 - `objective`: L_ITM over the global batch (`itm_objective`), the only ITM objective.
 - `mlm`: the masked language modelling loss.
+- `anatomy`: ALC-ITR's location-conditioned contrastive loss (RRA-VL) over the global batch.
 """
 
+from jimte.losses.anatomy import POSITIVES, conditioned_objective, select_regions
 from jimte.losses.matching import ce_from_scores, cross_entropy, triplet
 from jimte.losses.mlm import mlm_loss
 from jimte.losses.negatives import (
@@ -41,6 +43,7 @@ __all__ = [
   "DEFAULT_WEIGHTS",
   "EMPTY_TEXT_SCORE",
   "LOCAL_PAIRS",
+  "POSITIVES",
   "SENTENCE_TERMS",
   "TERMS",
   "TERM_NAMES",
@@ -49,6 +52,7 @@ __all__ = [
   "Term",
   "auto_text_block",
   "ce_from_scores",
+  "conditioned_objective",
   "cosine_matrix",
   "cross_entropy",
   "hardest_negatives",
@@ -59,6 +63,7 @@ __all__ = [
   "region_word_scores",
   "resolve_weights",
   "sample_negatives",
+  "select_regions",
   "split_negatives",
   "term_names",
   "triplet",

@@ -29,6 +29,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jimte.anatomy.pooling import pool_boxes
+from jimte.anatomy.regions import default_atlas
+
 Dtype = Any
 
 # He (Kaiming) normal on fan-out, the usual initialisation for ReLU ResNets.
@@ -45,11 +48,14 @@ class ImageOutput:
       attention_maps: name ("stage<i>") -> [B, h, w] float32 soft-attention map: for
           "original" attention the sum of the heads' spatial softmaxes (it sums to the number of
           heads over the grid), for "sigmoid_gate" a gate in [0, 1].
+      anatomy: [B, K, D] float32 anatomical region embeddings (towers with `anatomy_head`; K boxes,
+          the 29 of the default atlas unless given), else None.
   """
 
   global_emb: jax.Array
   regions: jax.Array
   attention_maps: dict[str, jax.Array]
+  anatomy: jax.Array | None = None
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
@@ -223,6 +229,12 @@ ATTENTION_BLOCKS = ("original", "sigmoid_gate")
 IMAGE_INITS = ("lecun", "original")
 
 
+def _identity_init(key, shape, dtype=jnp.float32):
+  """A square kernel initialised to the identity (the anatomy head starts as plain pooling)."""
+  del key
+  return jnp.eye(*shape, dtype=dtype)
+
+
 class JoImTeRNetResNet(nn.Module):
   """The JoImTeRNet ResNet: region features on an intermediate grid plus a global embedding.
 
@@ -250,6 +262,9 @@ class JoImTeRNetResNet(nn.Module):
       dtype: compute dtype (e.g. bfloat16); parameters stay in `param_dtype`.
       param_dtype: parameter dtype (float32).
       remat: recompute each BasicBlock in the backward pass instead of storing activations.
+      anatomy_head: also embed anatomical boxes: the region grid pooled inside each box
+          (`jimte.anatomy.pooling`), then a Dense initialised to the identity (so that a stage-2 run
+          starts from the stage-1 region features), for the RRA-VL objective (docs/alc_itr.md).
   """
 
   embed_dim: int
@@ -270,6 +285,7 @@ class JoImTeRNetResNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
+  anatomy_head: bool = False
 
   def _stage_index(self, index: int) -> int:
     """Maps a possibly negative stage index to 0..len(widths)-1, or raises."""
@@ -306,8 +322,9 @@ class JoImTeRNetResNet(nn.Module):
     )
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool) -> ImageOutput:
-    """Encodes images [B, S, S, 1] (float, in [-1, 1]) into an `ImageOutput`."""
+  def __call__(self, images: jax.Array, train: bool, boxes: jax.Array | None = None) -> ImageOutput:
+    """Encodes images [B, S, S, 1] (float, in [-1, 1]) into an `ImageOutput`; `boxes` [B, K, 4]
+    (normalised [y0, x0, y1, x1]) are the anatomical boxes of towers with `anatomy_head`."""
     if images.ndim != 4 or images.shape[-1] != 1:
       raise ValueError(f"expected images [B, S, S, 1], got {images.shape}")
     if self.first_stage_stride not in (1, 2):
@@ -382,8 +399,24 @@ class JoImTeRNetResNet(nn.Module):
       name="global_head",
       **self._head_inits(pooled.shape[-1], torch_default_kernel_init),
     )(pooled)
+    anatomy = None
+    if self.anatomy_head:
+      if boxes is None:
+        boxes = jnp.asarray(default_atlas())
+      pooled_boxes = pool_boxes(regions, boxes)
+      anatomy = nn.Dense(
+        self.embed_dim,
+        kernel_init=_identity_init,
+        bias_init=nn.initializers.zeros,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="anatomy_head",
+      )(pooled_boxes).astype(jnp.float32)
+    elif boxes is not None:
+      raise ValueError("boxes given to an image tower without anatomy_head")
     return ImageOutput(
       global_emb=global_emb.astype(jnp.float32),
       regions=regions.astype(jnp.float32),
       attention_maps=attention_maps,
+      anatomy=anatomy,
     )

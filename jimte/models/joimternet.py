@@ -23,6 +23,7 @@ Model config (an `ml_collections.ConfigDict`; see `paper_model_config` and
   image.weight_init   str    region and global heads: "original" (paper: Kaiming normal fan-out on
                              the region conv, PyTorch's default uniform on the Linear) or "lecun"
   image.bn_momentum   float  BatchNorm running-average momentum (0.9 = PyTorch momentum 0.1)
+  image.anatomy_head  bool   embed anatomical boxes too (RRA-VL, docs/alc_itr.md; paper: False)
   text.name           str    text tower in `TEXT_TOWERS` ("bert")
   text.vocab_size     int    must equal the SentencePiece model's vocabulary size
   text.max_len        int    longest token sequence (paper: 160)
@@ -71,6 +72,8 @@ class JointOutput:
       words: [B, L-1, D] float32 word features (positions 1..L-1).
       word_mask: [B, L-1] bool, True for non-PAD words.
       attention_maps: name -> [B, h, w] float32 soft-attention maps of the image tower.
+      anatomy: [B, K, D] float32 anatomical region embeddings (image towers with an anatomy
+          head), else None.
   """
 
   image_global: jax.Array
@@ -79,6 +82,7 @@ class JointOutput:
   words: jax.Array
   word_mask: jax.Array
   attention_maps: dict[str, jax.Array]
+  anatomy: jax.Array | None = None
 
 
 class JoImTeRNet(nn.Module):
@@ -99,9 +103,14 @@ class JoImTeRNet(nn.Module):
     """The token id the MLM logits have no column for (pass it to `losses.mlm_loss`), or None."""
     return self.text.mlm_excluded_id
 
-  def encode_image(self, images: jax.Array, train: bool) -> ImageOutput:
-    """Images float32 [B, S, S, 1] in [-1, 1] -> global embedding, regions, attention maps."""
-    return self.image(images, train)
+  def encode_image(
+    self, images: jax.Array, train: bool, boxes: jax.Array | None = None
+  ) -> ImageOutput:
+    """Images float32 [B, S, S, 1] in [-1, 1] -> global embedding, regions, attention maps (and
+    the embeddings of the anatomical `boxes` [B, K, 4] for towers with an anatomy head)."""
+    if boxes is None:
+      return self.image(images, train)
+    return self.image(images, train, boxes)
 
   def encode_text(self, tokens: jax.Array, train: bool) -> TextOutput:
     """Tokens int32 [B, L] -> sentence, words, word mask, hidden states."""
@@ -112,9 +121,11 @@ class JoImTeRNet(nn.Module):
     without a column for `mlm_excluded_id`, or V when that is None."""
     return self.text.mlm_logits(tokens, train)
 
-  def __call__(self, images: jax.Array, tokens: jax.Array, train: bool) -> JointOutput:
-    """Encodes a batch of pairs with both towers."""
-    image_out = self.encode_image(images, train)
+  def __call__(
+    self, images: jax.Array, tokens: jax.Array, train: bool, boxes: jax.Array | None = None
+  ) -> JointOutput:
+    """Encodes a batch of pairs with both towers (`boxes`: see `encode_image`)."""
+    image_out = self.encode_image(images, train, boxes)
     text_out = self.encode_text(tokens, train)
     return JointOutput(
       image_global=image_out.global_emb,
@@ -123,6 +134,7 @@ class JoImTeRNet(nn.Module):
       words=text_out.words,
       word_mask=text_out.word_mask,
       attention_maps=image_out.attention_maps,
+      anatomy=image_out.anatomy,
     )
 
 
@@ -149,6 +161,7 @@ def _build_joimternet_resnet(
     region_head_bias=config.get("region_head_bias", False),
     weight_init=config.get("weight_init", "lecun"),
     bn_momentum=config.get("bn_momentum", 0.9),
+    anatomy_head=config.get("anatomy_head", False),
     dtype=dtype,
     remat=remat,
   )
@@ -259,6 +272,7 @@ def paper_model_config() -> ml_collections.ConfigDict:
         region_head_bias=False,
         weight_init="original",
         bn_momentum=0.9,
+        anatomy_head=False,
       ),
       text=dict(
         name="bert",
