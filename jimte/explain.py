@@ -10,7 +10,6 @@ sentences cut by `max_cases` / `max_sentences_per_region` are counted in the pro
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
 import string
@@ -19,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 
 from data_pipeline.names import CHEST_IMAGENOME_REGIONS
+from jimte import config_files
 from jimte.anatomy.regions import region_indices
 from jimte.evaluate.conditioned_retrieval import MODES
 
@@ -126,20 +126,11 @@ def _by_canonical_region(values: Mapping, what: str) -> dict:
 def _load_config_file(path: str) -> ml_collections.ConfigDict:
   """`get_config(arg)` of a config file `NAME.py[:arg]` (the path convention of
   jimte/evaluate/zero_shot.py's prompt files)."""
-  file, arg = path, ""
-  if ".py:" in path:
-    file, _, arg = path.partition(".py:")
-    file += ".py"
-  if not os.path.isfile(file):
-    raise FileNotFoundError(f"template file {file} does not exist")
+  file, arg = config_files.split_path(path)
+  config_files.exists_or_raise(file, "template")
   if not file.endswith(".py"):
     raise ValueError(f"{file}: a template file is a .py config with get_config(arg)")
-  spec = importlib.util.spec_from_file_location("jimte_explanation_template", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"{file}: defines no get_config(arg)")
-  config = module.get_config(arg or None)
+  config = config_files.call_get_config(file, arg, "jimte_explanation_template")
   if not isinstance(config, Mapping | ml_collections.ConfigDict):
     raise ValueError(f"{file}: get_config() returned {type(config).__name__}, not a ConfigDict")
   config = ml_collections.ConfigDict(config)

@@ -6,7 +6,11 @@ from configs import default as default_config
 def tiny_config(**overrides):
   """`default.get_config('tiny')` with dotted-key overrides, e.g. tiny_config(**{'loss.mixture':
   False})."""
-  c = default_config.get_config("tiny")
+  return apply_overrides(default_config.get_config("tiny"), **overrides)
+
+
+def apply_overrides(c, **overrides):
+  """Sets dotted keys of config `c` in place (e.g. `**{'loss.mixture': False}`); returns it."""
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split(".")

@@ -16,6 +16,7 @@ from jimte import checkpointing, optim, sharding, train
 from jimte import data as data_lib
 from jimte.models.joimternet import build_model
 from jimte.steps import init_train_state
+from tests._tiny import apply_overrides
 
 
 def stage_two_config(stage_one: str, **overrides):
@@ -26,13 +27,7 @@ def stage_two_config(stage_one: str, **overrides):
   c.init_from = stage_one
   for name in [k for k in c.evals if k != "anatomy"]:
     del c.evals[name]
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return apply_overrides(c, **overrides)
 
 
 def fresh_state(config, workdir):

@@ -14,7 +14,6 @@ live in a config file (configs/prompts/zero_shot.py, or JSON of the same shape).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from data_pipeline.names import CHEXPERT_OBSERVATIONS
+from jimte import config_files
 
 DEFAULT_PROMPTS = os.path.join(
   os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -45,19 +45,10 @@ def load_prompts(path: str = DEFAULT_PROMPTS) -> PromptSet:
   """Reads a prompt file: `NAME.py[:arg]` with `get_config(arg)` returning a ConfigDict, or JSON,
   each mapping a CheXpert observation to {positive: [...], negative: [...]}. Errors name the file
   and the key."""
-  file, arg = path, ""
-  if ".py:" in path:
-    file, _, arg = path.partition(".py:")
-    file += ".py"
-  if not os.path.isfile(file):
-    raise FileNotFoundError(f"prompt file {file} does not exist")
+  file, arg = config_files.split_path(path)
+  config_files.exists_or_raise(file, "prompt")
   if file.endswith(".py"):
-    spec = importlib.util.spec_from_file_location("jimte_prompts", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-      raise ValueError(f"{file}: defines no get_config(arg)")
-    raw = module.get_config(arg or None)
+    raw = config_files.call_get_config(file, arg, "jimte_prompts")
     raw = raw.to_dict() if hasattr(raw, "to_dict") else dict(raw)
   elif file.endswith(".json"):
     with open(file) as f:
