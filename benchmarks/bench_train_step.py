@@ -1,23 +1,35 @@
-"""Examples/s of the full jitted train step (image-text step and MLM step) on fake batches.
+"""Speed of the full jitted train step (image-text step and MLM step) on fake batches, as ratios.
 
   python -m benchmarks.bench_train_step                          # default config
-  python -m benchmarks.bench_train_step --config paper --image_size 512 --batch_size 8
-Prints compile time, seconds per step and examples/s for each step kind, and the paper's mixture
-rate (0.3 ITM + 0.7 MLM steps). Numbers, not pass/fail.
+  python -m benchmarks.bench_train_step --config paper --image_sizes 512,1024,2048 --batch_sizes 8
+  python -m benchmarks.bench_train_step --config paper --dtype bfloat16 --image_sizes 2048 \
+      --batch_sizes 128 --peak_n 8192                            # on an accelerator
+
+For each input size and batch: compile time, seconds per step, pairs/s, the model FLOPs of the
+step's matmuls and convolutions (`_flops`) and the model FLOPs utilisation (MFU) against a matmul
+peak measured in the same run;
+then the roofline of the high-resolution early image stages (stem and the first stages, forward and
+backward): the bytes XLA says they move over the copy bandwidth measured in the same run, their
+FLOPs over the peak, and their measured time. `--flops_only` counts the steps' FLOPs and runs
+nothing (to count, on a small machine, those of a size timed elsewhere). Numbers, not pass/fail.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import _flops, _timing
 from configs import default as default_config
 from configs import joimternet_paper
 from jimte import optim, sharding, steps
-from jimte.models.joimternet import build_model
+from jimte.models.image import JoImTeRNetResNet
+from jimte.models.joimternet import DTYPES, build_model
 
 
 def fake_batch(
@@ -42,54 +54,166 @@ def fake_batch(
   }
 
 
-def bench(config, repeats: int) -> dict[str, float]:
+def bytes_accessed(compiled: Any) -> float:
+  """Bytes that XLA's cost analysis says a compiled computation reads and writes: counted after
+  fusion, so the traffic to memory that actually happens."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("bytes accessed", 0.0))
+
+
+def median_step_seconds(step, state, batch, repeats: int):
+  """(state, median seconds) of `repeats` donated calls of `step`, after the given warm state."""
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  return state, float(np.median(times))
+
+
+def train_steps(config):
+  """(train state, its shardings, the batch sharding, {"itm": fn, "mlm": fn}) for `config`."""
   mesh = sharding.make_mesh(config.mesh)
-  model_config = config.model.copy_and_resolve_references()
-  model = build_model(model_config)
+  model = build_model(config.model.copy_and_resolve_references())
   optimizers = optim.make_optimizers(config.optim)
   schedule = optim.make_schedule(config.optim, 100, 1000)
   state, shardings = steps.init_train_state(config, model, optimizers, mesh, jax.random.key(0))
-  batch_sharding = sharding.batch_sharding(mesh)
   step_fns = {
     "itm": steps.make_itm_step(
       config, model, optimizers, schedule, steps.make_objective(config, mesh), mesh
     ),
     "mlm": steps.make_mlm_step(config, model, optimizers, schedule),
   }
-  batch = jax.device_put(
-    fake_batch(
-      np.random.default_rng(0),
-      config.batch_size,
-      config.image_size,
-      config.tokenizer.max_len,
-      model_config.text.vocab_size,
-    ),
-    batch_sharding,
+  return state, shardings, sharding.batch_sharding(mesh), step_fns
+
+
+def host_batch(config) -> dict[str, np.ndarray]:
+  return fake_batch(
+    np.random.default_rng(0),
+    config.batch_size,
+    config.image_size,
+    config.tokenizer.max_len,
+    config.model.text.vocab_size,
   )
+
+
+def step_flops(config) -> dict[str, float]:
+  """Model GFLOPs of each step kind, counted on the jaxpr (nothing runs but the init)."""
+  state, _, _, step_fns = train_steps(config)
+  batch = {
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch(config).items()
+  }  # the shapes only: a 2048 px batch of 128 is 2 GiB
+  return {
+    f"{name}_gflop": _flops.model_flops(fn, state, batch) / 1e9 for name, fn in step_fns.items()
+  }
+
+
+def bench_steps(config, repeats: int, peak_flops: float) -> dict[str, float]:
+  """Compile time, s/step, pairs/s, model FLOPs and MFU of the image-text and the MLM step."""
+  state, shardings, batch_sharding, step_fns = train_steps(config)
+  batch = jax.device_put(host_batch(config), batch_sharding)
   out = {}
   for name, fn in step_fns.items():
+    flops = _flops.model_flops(fn, state, batch)
+    t0 = time.perf_counter()
     step = jax.jit(
       fn,
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, None),
       donate_argnums=(0,),
     )
-    t0 = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     out[f"{name}_compile_s"] = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      state, metrics = step(state, batch)
-      jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - t0)
-    out[f"{name}_step_s"] = float(np.median(times))
-    out[f"{name}_examples_per_s"] = config.batch_size / out[f"{name}_step_s"]
+    state, seconds = median_step_seconds(step, state, batch, repeats)
+    out[f"{name}_step_s"] = seconds
+    out[f"{name}_pairs_per_s"] = config.batch_size / seconds
+    out[f"{name}_gflop"] = flops / 1e9
+    out[f"{name}_mfu_pct"] = 100.0 * flops / seconds / (peak_flops * jax.device_count())
   p = config.loss.itm_probability if config.loss.mixture else 1.0
   mixed = p * out["itm_step_s"] + (1 - p) * out["mlm_step_s"]
-  out["mixture_examples_per_s"] = config.batch_size / mixed
+  out["mixture_pairs_per_s"] = config.batch_size / mixed
   return out
+
+
+def early_stages_tower(config, num_stages: int) -> JoImTeRNetResNet:
+  """The image tower's stem and first `num_stages` stages (no soft attention), with 8-dim heads:
+  the high-resolution part of the network, whose layers are memory- rather than compute-bound."""
+  image = config.model.image
+  return JoImTeRNetResNet(
+    embed_dim=8,
+    widths=tuple(image.widths)[:num_stages],
+    stem_width=image.get("stem_width"),
+    blocks_per_stage=image.get("blocks_per_stage", 2),
+    first_stage_stride=image.first_stage_stride,
+    attention_stages=(),
+    region_stage=-1,
+    global_pool_size=1,
+    dtype=DTYPES[config.model.dtype],
+  )
+
+
+def bench_early_stages(
+  config, num_stages: int, repeats: int, peak_flops: float, bandwidth: float
+) -> dict[str, float]:
+  """Forward + backward of the early stages in training mode: bytes and FLOPs XLA counts, the
+  bandwidth and compute floors they imply, and the measured time."""
+  tower = early_stages_tower(config, num_stages)
+  images = jnp.asarray(
+    np.random.default_rng(0).uniform(
+      -1, 1, (config.batch_size, config.image_size, config.image_size, 1)
+    ),
+    jnp.float32,
+  )
+  variables = tower.init(jax.random.key(0), images[:1], train=False)
+
+  def loss(params, batch_stats, images):
+    out, _ = tower.apply(
+      {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+    )
+    return jnp.sum(out.regions**2) + jnp.sum(out.global_emb**2)
+
+  args = (variables["params"], variables["batch_stats"], images)
+  flops = _flops.model_flops(jax.grad(loss), *args)
+  grad = jax.jit(jax.grad(loss)).lower(*args).compile()
+  moved = bytes_accessed(grad)
+  seconds = _timing.time_fn(grad, *args, repeats=repeats)
+  return {
+    "early_gflop": flops / 1e9,
+    "early_gbytes": moved / 1e9,
+    "early_intensity_flop_per_byte": flops / max(moved, 1.0),
+    "early_bandwidth_floor_s": moved / bandwidth,
+    "early_compute_floor_s": flops / peak_flops,
+    "early_measured_s": seconds,
+  }
+
+
+def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+  """Bytes/s of a jitted elementwise pass over a float32 array (read once, written once)."""
+  x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
+  fn = jax.jit(lambda v: v * 1.0001 + 1.0)
+  return 2 * x.nbytes / _timing.time_fn(fn, x, repeats=repeats, warmup=1)
+
+
+def paper_or_default(name: str):
+  return default_config.get_config() if name == "default" else joimternet_paper.get_config()
+
+
+def configured(args, image_size: int, batch_size: int, dtype: str):
+  config = paper_or_default(args.config)
+  config.image_size = image_size
+  config.batch_size = batch_size
+  config.model.dtype = dtype
+  if args.vocab_size:
+    config.model.text.vocab_size = args.vocab_size
+  return config
+
+
+def int_list(text: str) -> list[int]:
+  return [int(v) for v in text.split(",") if v]
 
 
 def main(argv=None) -> None:
@@ -97,27 +221,54 @@ def main(argv=None) -> None:
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   parser.add_argument("--config", choices=["default", "paper"], default="default")
-  parser.add_argument("--image_size", type=int, default=0, help="override the input size")
-  parser.add_argument("--batch_size", type=int, default=0)
+  parser.add_argument("--image_sizes", type=int_list, default=[], help="e.g. 512,1024,2048")
+  parser.add_argument("--batch_sizes", type=int_list, default=[], help="e.g. 8,32")
+  parser.add_argument("--image_size", type=int, default=0, help="one input size (old flag)")
+  parser.add_argument("--batch_size", type=int, default=0, help="one batch size (old flag)")
+  parser.add_argument("--dtype", choices=sorted(DTYPES), default="")
   parser.add_argument("--vocab_size", type=int, default=0)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--early_stages", type=int, default=2, help="stages in the roofline (0: off)")
+  parser.add_argument("--peak_n", type=int, default=2048, help="side of the peak matmul probe")
+  parser.add_argument(
+    "--flops_only", action="store_true", help="print the steps' model FLOPs, run nothing"
+  )
   args = parser.parse_args(argv)
-  config = (
-    default_config.get_config() if args.config == "default" else joimternet_paper.get_config()
-  )
-  if args.image_size:
-    config.image_size = args.image_size
-  if args.batch_size:
-    config.batch_size = args.batch_size
-  if args.vocab_size:
-    config.model.text.vocab_size = args.vocab_size
+  base = paper_or_default(args.config)
+  sizes = args.image_sizes or [args.image_size or base.image_size]
+  batches = args.batch_sizes or [args.batch_size or base.batch_size]
+  dtype = args.dtype or base.model.dtype
+  if args.flops_only:
+    for image_size in sizes:
+      for batch_size in batches:
+        config = configured(args, image_size, batch_size, dtype)
+        counts = " ".join(f"{k}={v:.1f}" for k, v in step_flops(config).items())
+        print(f"image_size={image_size} batch={batch_size} {counts}", flush=True)
+    return
+
+  peak = _timing.measure_matmul_peak_gflops(args.peak_n, dtype=DTYPES[dtype]) * 1e9
+  bandwidth = measure_bandwidth()
   print(
-    f"config={args.config} image_size={config.image_size} batch={config.batch_size} "
-    f"max_len={config.tokenizer.max_len} devices={jax.device_count()} "
-    f"backend={jax.default_backend()}"
+    f"config={args.config} dtype={dtype} max_len={base.tokenizer.max_len} "
+    f"devices={jax.device_count()} backend={jax.default_backend()} "
+    f"device={jax.devices()[0].device_kind}"
   )
-  for k, v in bench(config, args.repeats).items():
-    print(f"  {k:28s} {v:10.3f}")
+  print(
+    f"same-run ceilings: {dtype} matmul peak {peak / 1e9:.1f} GFLOP/s (n={args.peak_n}), "
+    f"copy bandwidth {bandwidth / 1e9:.1f} GB/s"
+  )
+  for image_size in sizes:
+    for batch_size in batches:
+      config = configured(args, image_size, batch_size, dtype)
+      print(f"image_size={image_size} batch={batch_size}", flush=True)
+      results = bench_steps(config, args.repeats, peak)
+      if args.early_stages:
+        results.update(bench_early_stages(config, args.early_stages, args.repeats, peak, bandwidth))
+        results["early_share_of_itm_pct"] = (
+          100.0 * results["early_measured_s"] / results["itm_step_s"]
+        )
+      for key, value in results.items():
+        print(f"  {key:32s} {value:12.4f}", flush=True)
 
 
 if __name__ == "__main__":
