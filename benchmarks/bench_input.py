@@ -1,12 +1,16 @@
 """Input-pipeline throughput: examples/s of data_pipeline.input at several output sizes.
 
-The source is in-memory uint8 chest-X-ray-sized images (default 1024 x 1024, as a dataset resized
-when it was built would hold) with report-like texts. Each configuration runs the full per-example
-work: crop, resize, jitter, rotation, tokenization and (unless --no_mlm) MLM masking; the evaluation
-pipeline (resize + tokenize only) is timed alongside for comparison. Prints numbers, asserts
-nothing.
+The source is in-memory chest-X-ray-sized images (default 1024 x 1024, as a dataset resized when it
+was built would hold; `--source_size 0`: stored at each output size, as a pod's records at training
+resolution are) with report-like texts, as uint8 arrays or, with `--encoded`, as PNG bytes that the
+pipeline decodes (as it decodes TFDS records). Each configuration runs the full per-example work:
+decode, crop, resize, jitter, rotation, tokenization and (unless --no_mlm) MLM masking; the
+evaluation pipeline (resize + tokenize only) is timed alongside for comparison. `--threads 1` runs
+tf.data on one thread: pairs/s per host core. Prints numbers, asserts nothing.
 
     python -m benchmarks.bench_input --sizes 256 512 --batch_size 32 --steps 20
+    python -m benchmarks.bench_input --sizes 512 1024 2048 --source_size 0 --encoded --threads 1 \
+        --augment original_native --batch_size 8 --skip_eval     # per core, paper-size records
 """
 
 from __future__ import annotations
@@ -114,48 +118,65 @@ def main() -> None:
     "--reports", type=Path, default=IU_REPORTS, help="CSV with findings/impression"
   )
   parser.add_argument("--no_mlm", action="store_true")
+  parser.add_argument("--encoded", action="store_true", help="store PNG bytes, decode per example")
+  parser.add_argument("--threads", type=int, default=0, help="tf.data threads (0: all cores)")
+  parser.add_argument("--augment", default="default", help="augmentation policy name")
   parser.add_argument("--skip_eval", action="store_true", help="time only the training pipeline")
   args = parser.parse_args()
 
   texts = load_reports(args.reports, 2000, seed=0)
   tokenizer = Tokenizer.train(texts, max_len=args.max_len, vocab_size=args.vocab_size)
-  images = make_images(args.num_images, args.source_size, seed=0)
-  source = inp.ArraySource(
-    "bench", images=images, texts=[texts[i % len(texts)] for i in range(args.num_images)]
-  )
+  augment = True if args.augment == "default" else args.augment
   print(
-    f"cpu cores {os.cpu_count()}, source {args.num_images} x {args.source_size}^2 uint8, "
+    f"cpu cores {os.cpu_count()}, tf.data threads {args.threads or 'all'}, source "
+    f"{args.num_images} x {args.source_size or 'output size'}^2 "
+    f"{'PNG' if args.encoded else 'uint8'}, augment {args.augment}, "
     f"texts from {'IU reports' if args.reports and args.reports.exists() else 'synthetic'}, "
     f"vocab {tokenizer.vocab_size}, L={args.max_len}, host batch {args.batch_size}, "
     f"{args.steps} timed batches after {args.warmup}"
   )
   print(f"{'size':>6} {'pipeline':<34} {'examples/s':>11} {'ms/example':>11}")
+  source = None
   for size in args.sizes:
-    train = inp.make_train_iterator(
-      source,
-      tokenizer=tokenizer,
-      image_size=size,
-      batch_size=args.batch_size,
-      seed=0,
-      augment=True,
-      mlm=not args.no_mlm,
-    )
-    rate = time_iterator(train, args.batch_size, args.warmup, args.steps)
-    label = "train: augment + tokenize" + ("" if args.no_mlm else " + MLM")
-    print(f"{size:>6} {label:<34} {rate:>11.1f} {1000 / rate:>11.2f}")
-    if not args.skip_eval:
-      # The evaluation pipeline's per-example work (resize + tokenize), on an endless stream.
-      plain = inp.make_train_iterator(
+    if source is None or not args.source_size:
+      source = make_source(args, size, texts)
+    pipelines = [("train: augment + tokenize" + ("" if args.no_mlm else " + MLM"), augment, True)]
+    if not args.skip_eval:  # the evaluation pipeline's per-example work, on an endless stream
+      pipelines.append(("eval-like: resize + tokenize", False, False))
+    for label, augmentation, mlm in pipelines:
+      dataset = inp.make_train_dataset(
         source,
         tokenizer=tokenizer,
         image_size=size,
         batch_size=args.batch_size,
         seed=0,
-        augment=False,
-        mlm=False,
+        augment=augmentation,
+        mlm=mlm and not args.no_mlm,
       )
-      rate = time_iterator(plain, args.batch_size, args.warmup, args.steps)
-      print(f"{size:>6} {'eval-like: resize + tokenize':<34} {rate:>11.1f} {1000 / rate:>11.2f}")
+      if args.threads:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = args.threads
+        dataset = dataset.with_options(options)
+      rate = time_iterator(dataset.as_numpy_iterator(), args.batch_size, args.warmup, args.steps)
+      print(f"{size:>6} {label:<34} {rate:>11.1f} {1000 / rate:>11.2f}", flush=True)
+
+
+def make_source(args, size: int, texts: list[str]) -> inp.Source:
+  """The benchmark's examples at `args.source_size` (0: `size`), as arrays or PNG bytes."""
+  side = args.source_size or size
+  images = make_images(args.num_images, side, seed=0)
+  captions = [texts[i % len(texts)] for i in range(args.num_images)]
+  if not args.encoded:
+    return inp.ArraySource("bench", images=images, texts=captions)
+  encoded = [tf.io.encode_png(image).numpy() for image in images]
+  dataset = tf.data.Dataset.from_tensor_slices(
+    {
+      "image": encoded,
+      "text": captions,
+      "study_id": [f"s{i}" for i in range(args.num_images)],
+    }
+  )
+  return inp.DatasetSource(dataset, name="bench_png")
 
 
 if __name__ == "__main__":
