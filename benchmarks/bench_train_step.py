@@ -17,7 +17,10 @@ nothing (to count, on a small machine, those of a size timed elsewhere). Numbers
 from __future__ import annotations
 
 import argparse
+import csv
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,16 +30,42 @@ import numpy as np
 from benchmarks import _flops, _timing
 from configs import default as default_config
 from configs import joimternet_paper
+from jimte import batches as batches_lib
 from jimte import optim, sharding, steps
 from jimte.models.image import JoImTeRNetResNet
 from jimte.models.joimternet import DTYPES, build_model
 
+IU_REPORTS = (
+  Path(__file__).resolve().parents[2] / "shared" / "data" / "iu_xray" / "reports_openi.csv"
+)
+
+
+def iu_report_lengths(path: Path = IU_REPORTS) -> np.ndarray:
+  """Tokens per IU X-ray report under the release's word vocabulary: its words (findings and
+  impression; numbers count as words) plus [BOS] and [EOS]."""
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: the IU X-ray reports (../shared/data) are not here")
+  with path.open(newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  words = [re.findall(r"[A-Za-z]+|\d+", f"{r['findings']} {r['impression']}") for r in rows]
+  return np.array([len(w) + 2 for w in words if w])
+
 
 def fake_batch(
-  rng: np.random.Generator, batch: int, image_size: int, max_len: int, vocab: int
+  rng: np.random.Generator,
+  batch: int,
+  image_size: int,
+  max_len: int,
+  vocab: int,
+  lengths: np.ndarray | None = None,
 ) -> dict:
+  """A batch of the contract's keys: random pixels and ids; report lengths drawn uniformly from
+  [max_len / 2, max_len], or from `lengths` (capped at max_len)."""
   tokens = rng.integers(5, vocab, size=(batch, max_len)).astype(np.int32)
-  lengths = rng.integers(max_len // 2, max_len + 1, size=batch)
+  if lengths is None:
+    lengths = rng.integers(max_len // 2, max_len + 1, size=batch)
+  else:
+    lengths = np.minimum(rng.choice(lengths, size=batch), max_len)
   pad = np.arange(max_len)[None, :] >= lengths[:, None]
   tokens[pad] = 0
   tokens[:, 0] = 2
@@ -90,32 +119,58 @@ def train_steps(config):
   return state, shardings, sharding.batch_sharding(mesh), step_fns
 
 
-def host_batch(config) -> dict[str, np.ndarray]:
-  return fake_batch(
+def host_batch(
+  config, lengths: np.ndarray | None = None, longest: int = 0
+) -> dict[str, np.ndarray]:
+  """One fake batch, cut to the config's text-length bucket (`config.text_buckets`); `longest` > 0
+  makes every report that many tokens long (a batch costs what its bucket costs, whatever the
+  lengths of its other reports: to time one bucket)."""
+  if longest:
+    lengths = np.array([longest])
+  batch = fake_batch(
     np.random.default_rng(0),
     config.batch_size,
     config.image_size,
     config.tokenizer.max_len,
     config.model.text.vocab_size,
+    lengths,
   )
+  buckets = batches_lib.check_text_buckets(config.text_buckets, config.tokenizer.max_len)
+  return next(batches_lib.trim_text([batch], buckets))
 
 
-def step_flops(config) -> dict[str, float]:
-  """Model GFLOPs of each step kind, counted on the jaxpr (nothing runs but the init)."""
+def bucket_shares(config, lengths: np.ndarray, draws: int = 20000) -> dict[int, float]:
+  """{bucket: share of random batches of `config.batch_size` reports of `lengths` that it holds}
+  (`config.text_buckets`; without buckets every batch runs at max_len)."""
+  max_len = config.tokenizer.max_len
+  buckets = batches_lib.check_text_buckets(config.text_buckets, max_len) or (max_len,)
+  rng = np.random.default_rng(0)
+  longest = np.minimum(rng.choice(lengths, (draws, config.batch_size)).max(1), max_len)
+  chosen = np.array([batches_lib.bucket_length(int(n), buckets) for n in longest])
+  return {b: float(np.mean(chosen == b)) for b in buckets if np.any(chosen == b)}
+
+
+def step_flops(config, lengths: np.ndarray | None = None) -> dict[str, float]:
+  """Model GFLOPs of each step kind, counted on the jaxpr (nothing runs but the init); with
+  report `lengths`, the expectation over the text buckets of random batches."""
   state, _, _, step_fns = train_steps(config)
-  batch = {
-    k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch(config).items()
-  }  # the shapes only: a 2048 px batch of 128 is 2 GiB
-  return {
-    f"{name}_gflop": _flops.model_flops(fn, state, batch) / 1e9 for name, fn in step_fns.items()
-  }
+  shares = {0: 1.0} if lengths is None else bucket_shares(config, lengths)
+  out = dict.fromkeys(step_fns, 0.0)
+  for longest, share in shares.items():
+    batch = {  # the shapes only: a 2048 px batch of 128 is 2 GiB
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+      for k, v in host_batch(config, longest=longest).items()
+    }
+    for name, fn in step_fns.items():
+      out[name] += share * _flops.model_flops(fn, state, batch) / 1e9
+  return {f"{name}_gflop": v for name, v in out.items()}
 
 
-def bench_steps(config, repeats: int, peak_flops: float) -> dict[str, float]:
+def bench_steps(config, repeats: int, peak_flops: float, longest: int = 0) -> dict[str, float]:
   """Compile time, s/step, pairs/s, model FLOPs and MFU of the image-text and the MLM step."""
   state, shardings, batch_sharding, step_fns = train_steps(config)
-  batch = jax.device_put(host_batch(config), batch_sharding)
-  out = {}
+  batch = jax.device_put(host_batch(config, longest=longest), batch_sharding)
+  out = {"token_positions": float(batch["tokens"].shape[1])}
   for name, fn in step_fns.items():
     flops = _flops.model_flops(fn, state, batch)
     t0 = time.perf_counter()
@@ -136,6 +191,34 @@ def bench_steps(config, repeats: int, peak_flops: float) -> dict[str, float]:
   p = config.loss.itm_probability if config.loss.mixture else 1.0
   mixed = p * out["itm_step_s"] + (1 - p) * out["mlm_step_s"]
   out["mixture_pairs_per_s"] = config.batch_size / mixed
+  return out
+
+
+def expected_over_buckets(
+  config, repeats: int, peak_flops: float, lengths: np.ndarray, min_share: float = 0.05
+) -> dict[str, float]:
+  """The steps timed at each text bucket that holds at least `min_share` of random batches of
+  reports of `lengths`, and their expectation over an epoch (shares renormalised)."""
+  shares = {b: p for b, p in bucket_shares(config, lengths).items() if p >= min_share}
+  total = sum(shares.values())
+  out: dict[str, float] = {}
+  per_bucket = {}
+  for bucket, share in shares.items():
+    per_bucket[bucket] = bench_steps(config, repeats, peak_flops, longest=bucket)
+    out[f"share_of_batches_at_{bucket}"] = share / total
+    for kind in ("itm", "mlm"):
+      out[f"{kind}_step_s_at_{bucket}"] = per_bucket[bucket][f"{kind}_step_s"]
+  for key in ("itm_step_s", "mlm_step_s", "itm_gflop", "mlm_gflop"):
+    out[key] = sum(per_bucket[b][key] * p for b, p in shares.items()) / total
+  for kind in ("itm", "mlm"):
+    out[f"{kind}_pairs_per_s"] = config.batch_size / out[f"{kind}_step_s"]
+    out[f"{kind}_mfu_pct"] = (
+      100.0 * out[f"{kind}_gflop"] * 1e9 / out[f"{kind}_step_s"] / (peak_flops * jax.device_count())
+    )
+  p = config.loss.itm_probability if config.loss.mixture else 1.0
+  out["mixture_pairs_per_s"] = config.batch_size / (
+    p * out["itm_step_s"] + (1 - p) * out["mlm_step_s"]
+  )
   return out
 
 
@@ -209,6 +292,9 @@ def configured(args, image_size: int, batch_size: int, dtype: str):
   config.model.dtype = dtype
   if args.vocab_size:
     config.model.text.vocab_size = args.vocab_size
+  if args.text_buckets is not None:
+    buckets = () if args.text_buckets == "none" else tuple(int_list(args.text_buckets))
+    config.text_buckets = buckets
   return config
 
 
@@ -227,6 +313,15 @@ def main(argv=None) -> None:
   parser.add_argument("--batch_size", type=int, default=0, help="one batch size (old flag)")
   parser.add_argument("--dtype", choices=sorted(DTYPES), default="")
   parser.add_argument("--vocab_size", type=int, default=0)
+  parser.add_argument(
+    "--lengths",
+    choices=["uniform", "iu"],
+    default="uniform",
+    help="report lengths: uniform in [L/2, L], or drawn from the IU X-ray reports",
+  )
+  parser.add_argument(
+    "--text_buckets", default=None, help="e.g. 64,96,128,160 or none (default: the config's)"
+  )
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--early_stages", type=int, default=2, help="stages in the roofline (0: off)")
   parser.add_argument("--peak_n", type=int, default=2048, help="side of the peak matmul probe")
@@ -238,11 +333,12 @@ def main(argv=None) -> None:
   sizes = args.image_sizes or [args.image_size or base.image_size]
   batches = args.batch_sizes or [args.batch_size or base.batch_size]
   dtype = args.dtype or base.model.dtype
+  lengths = iu_report_lengths() if args.lengths == "iu" else None
   if args.flops_only:
     for image_size in sizes:
       for batch_size in batches:
         config = configured(args, image_size, batch_size, dtype)
-        counts = " ".join(f"{k}={v:.1f}" for k, v in step_flops(config).items())
+        counts = " ".join(f"{k}={v:.1f}" for k, v in step_flops(config, lengths).items())
         print(f"image_size={image_size} batch={batch_size} {counts}", flush=True)
     return
 
@@ -250,6 +346,7 @@ def main(argv=None) -> None:
   bandwidth = measure_bandwidth()
   print(
     f"config={args.config} dtype={dtype} max_len={base.tokenizer.max_len} "
+    f"lengths={args.lengths} text_buckets={configured(args, 0, 0, dtype).text_buckets} "
     f"devices={jax.device_count()} backend={jax.default_backend()} "
     f"device={jax.devices()[0].device_kind}"
   )
@@ -261,7 +358,10 @@ def main(argv=None) -> None:
     for batch_size in batches:
       config = configured(args, image_size, batch_size, dtype)
       print(f"image_size={image_size} batch={batch_size}", flush=True)
-      results = bench_steps(config, args.repeats, peak)
+      if lengths is None:
+        results = bench_steps(config, args.repeats, peak)
+      else:
+        results = expected_over_buckets(config, args.repeats, peak, lengths)
       if args.early_stages:
         results.update(bench_early_stages(config, args.early_stages, args.repeats, peak, bandwidth))
         results["early_share_of_itm_pct"] = (

@@ -141,6 +141,10 @@ def add_run_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # run: parameters of the same path and shape are taken, new ones (e.g. the anatomy head) keep
   # their initialisation, optimizer states start fresh. Ignored once this run has a checkpoint.
   c.init_from = ""
+  # Token-length buckets of training batches (jimte.batches.trim_text): each batch's text is cut to
+  # the smallest bucket that holds its longest report (same maths, one compiled step per bucket);
+  # the last must be tokenizer.max_len. Empty: every batch runs at max_len.
+  c.text_buckets = ()
   # Evaluators: name -> dict(type, split, every_steps, <the type's settings>); `type` picks the
   # class (jimte/evaluate/registry.py). every_steps > 0: also every so many steps, saving a
   # checkpoint with the results (for keep_best_checkpoints); 0: only once training is complete.

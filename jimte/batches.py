@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jimte import sharding
@@ -74,3 +75,63 @@ def prefetch_to_mesh(
   while queue:
     yield queue.popleft()
     enqueue(1)
+
+
+# ----------------------------------------------------------------------------- text length buckets
+
+# Batch entries whose second dimension is the token position (docs/contracts.md).
+TEXT_KEYS = ("tokens", "mlm_tokens", "mlm_targets", "mlm_weights")
+
+
+def check_text_buckets(buckets: Sequence[int], max_len: int) -> tuple[int, ...]:
+  """`config.text_buckets` validated: increasing positive ints ending at `max_len` (or empty)."""
+  buckets = tuple(buckets)
+  if not buckets:
+    return buckets
+  if not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets):
+    raise ValueError(f"config.text_buckets: {buckets!r} must be positive ints")
+  if list(buckets) != sorted(set(buckets)) or buckets[-1] != max_len:
+    raise ValueError(
+      f"config.text_buckets: {buckets!r} must increase and end at tokenizer.max_len={max_len}"
+    )
+  return buckets
+
+
+def used_length(host_batch: Mapping[str, np.ndarray]) -> int:
+  """Positions up to the last non-padding token of any row (0 for an all-padding batch)."""
+  tokens = np.asarray(host_batch["tokens"])
+  used = np.flatnonzero(tokens.any(axis=0))
+  return int(used[-1]) + 1 if used.size else 0
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket that holds `length` tokens."""
+  for bucket in buckets:
+    if length <= bucket:
+      return bucket
+  raise ValueError(f"a batch uses {length} token positions, more than the largest bucket {buckets}")
+
+
+def trim_text(
+  host_batches: Iterable[Mapping[str, np.ndarray]], buckets: Sequence[int]
+) -> Iterator[dict[str, np.ndarray]]:
+  """Host batches with their token positions cut to the smallest bucket that holds every row of
+  the *global* batch: the text tower then runs on the positions reports use, not on all `max_len`.
+
+  Only padding is cut (key padding is masked, pooling and losses read valid positions only), so
+  each step's maths is unchanged; there is one compiled step per bucket. The global length is
+  the maximum over processes (an allgather per batch, run by every process for every batch, in
+  the same order), so every host cuts its share alike. With text dropout the dropout masks are
+  drawn for the cut shape: the same distribution, other draws. `buckets` empty: batches pass as
+  they are.
+  """
+  buckets = tuple(buckets)
+  for batch in host_batches:
+    if not buckets:
+      yield dict(batch)
+      continue
+    length = used_length(batch)
+    if jax.process_count() > 1:
+      length = int(np.max(multihost_utils.process_allgather(np.int32(length))))
+    keep = bucket_length(length, buckets)
+    yield {k: (np.asarray(v)[:, :keep] if k in TEXT_KEYS else v) for k, v in batch.items()}

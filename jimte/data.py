@@ -46,6 +46,13 @@ class DataBundle:
   def num_train(self) -> int:
     return self.sources[self.config.data.train_split].num_examples
 
+  @property
+  def text_buckets(self) -> tuple[int, ...]:
+    """`config.text_buckets`, checked against the tokenizer's length (`batches.trim_text`)."""
+    return batches_lib.check_text_buckets(
+      self.config.get("text_buckets", ()), self.tokenizer.max_len
+    )
+
   # ---------------------------------------------------------------------------------------------
   @classmethod
   def create(
@@ -139,6 +146,7 @@ class DataBundle:
     )
     if steps_lib.uses_anatomy(c):
       it = self._with_anatomy(c.data.train_split, it)
+    it = batches_lib.trim_text(it, self.text_buckets)
     return batches_lib.prefetch_to_mesh(it, mesh, size=2)
 
   def mlm_batches(self, mesh, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
@@ -157,7 +165,8 @@ class DataBundle:
       start_step=start_step,
       global_order=isinstance(source, input_lib.RandomAccessSource),
     )
-    return batches_lib.prefetch_to_mesh(dataset.as_numpy_iterator(), mesh, size=2)
+    it = batches_lib.trim_text(dataset.as_numpy_iterator(), self.text_buckets)
+    return batches_lib.prefetch_to_mesh(it, mesh, size=2)
 
   def eval_batches(self, mesh, split: str, anatomy: bool = False) -> Iterator[dict[str, jax.Array]]:
     """One pass over `split`, every example exactly once across hosts, padding marked invalid;

@@ -324,18 +324,20 @@ def _first_non_finite(first: jax.Array, done: jax.Array, metrics: dict) -> jax.A
 
 
 class TrainSteps:
-  """Runs the update step of each step's kind (`kind_of(step)`), each kind compiled once.
+  """Runs the update step of each step's kind (`kind_of(step)`), each kind compiled once per batch
+  shape (one per text-length bucket, `config.text_buckets`).
 
   Compilation is ahead of time on first use (the state is donated), so the FLOPs of one step of
-  each kind are known from XLA's cost analysis (`flops`) and the FLOPs executed are counted
-  (`take_flops`). The first step whose loss or health norms were not finite is kept on the device
-  and read only by `first_non_finite_step` (a host sync, made at the log cadence).
+  each kind and shape are known from XLA's cost analysis (`flops`: the last compiled of each kind)
+  and the FLOPs executed are counted (`take_flops`). The first step whose loss or health norms
+  were not finite is kept on the device and read only by `first_non_finite_step` (a host sync,
+  made at the log cadence).
   """
 
   def __init__(self, jitted: Mapping[str, Callable], kind_of: Callable[[int], str]):
     self._jitted = dict(jitted)
     self._kind_of = kind_of
-    self._compiled: dict[str, Any] = {}
+    self._compiled: dict[tuple, tuple[Any, float]] = {}
     self.flops: dict[str, float] = {}
     self._flops_done = 0.0
     self._first_non_finite: Any = np.int32(-1)
@@ -366,13 +368,21 @@ class TrainSteps:
   def __call__(self, step: int, state: Any, batch: Any) -> tuple[Any, dict[str, jax.Array]]:
     """Runs step `step` (0-based) on `state` (donated); returns the new state and the metrics."""
     kind = self._kind_of(step)
-    if kind not in self._compiled:
+    leaves, structure = jax.tree.flatten(batch)
+    key = (kind, structure, *(np.shape(x) for x in leaves))
+    if key not in self._compiled:
       compiled = self._jitted[kind].lower(state, batch).compile()
-      self._compiled[kind] = compiled
-      self.flops[kind] = perf.compiled_flops(compiled)
-      log.info("compiled the %s step: %.3g FLOPs per device per step", kind, self.flops[kind])
-    state, metrics = self._compiled[kind](state, batch)
-    self._flops_done += self.flops[kind]
+      self._compiled[key] = compiled, perf.compiled_flops(compiled)
+      self.flops[kind] = self._compiled[key][1]
+      length = ""
+      if isinstance(batch, Mapping) and "tokens" in batch:
+        length = f", {batch['tokens'].shape[1]} token positions"
+      log.info(
+        "compiled the %s step%s: %.3g FLOPs per device per step", kind, length, self.flops[kind]
+      )
+    compiled, flops = self._compiled[key]
+    state, metrics = compiled(state, batch)
+    self._flops_done += flops
     checked = {k: v for k, v in metrics.items() if is_checked_for_finiteness(k)}
     self._first_non_finite = _first_non_finite(self._first_non_finite, np.int32(step + 1), checked)
     return state, metrics

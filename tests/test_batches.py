@@ -150,3 +150,126 @@ def test_to_global_batch_across_two_real_processes():
   ]
   for proc in procs:
     _expect_ok(proc)
+
+
+# --------------------------------------------------------------------------- text length buckets
+
+
+def _host_batch(used: list[int], max_len: int = 12) -> dict:
+  import numpy as np
+
+  tokens = np.zeros((len(used), max_len), np.int32)
+  for row, n in enumerate(used):
+    tokens[row, :n] = np.arange(2, 2 + n)
+  return {
+    "tokens": tokens,
+    "mlm_tokens": tokens.copy(),
+    "mlm_targets": np.zeros_like(tokens),
+    "mlm_weights": np.zeros(tokens.shape, np.float32),
+    "region_tokens": np.ones((len(used), 3, 5), np.int32),  # its own length: never cut
+    "index": np.arange(len(used)),
+  }
+
+
+def test_trim_text_cuts_only_padding_to_the_smallest_bucket_holding_every_row():
+  import numpy as np
+
+  from jimte import batches
+
+  raw = [_host_batch([3, 7]), _host_batch([1, 1]), _host_batch([12, 2]), _host_batch([0, 0])]
+  out = list(batches.trim_text(iter(raw), (4, 8, 12)))
+  assert [b["tokens"].shape[1] for b in out] == [8, 4, 12, 4]
+  for before, after in zip(raw, out, strict=True):
+    keep = after["tokens"].shape[1]
+    for key in batches.TEXT_KEYS:
+      np.testing.assert_array_equal(after[key], before[key][:, :keep])
+      assert not before[key][:, keep:].any()  # only padding was cut
+    np.testing.assert_array_equal(after["region_tokens"], before["region_tokens"])
+  assert [b["tokens"].shape[1] for b in batches.trim_text(iter(raw), ())] == [12] * 4
+
+
+def test_text_buckets_are_checked_against_the_tokenizer_length():
+  import pytest
+
+  from jimte import batches
+
+  assert batches.check_text_buckets((16, 48), 48) == (16, 48)
+  assert batches.check_text_buckets((), 48) == ()
+  for bad in [(16, 32), (32, 16, 48), (0, 48), (16, 16, 48), (16.0, 48)]:
+    with pytest.raises(ValueError, match="config.text_buckets"):
+      batches.check_text_buckets(bad, 48)
+  with pytest.raises(ValueError, match="largest bucket"):
+    batches.bucket_length(49, (16, 48))
+
+
+def test_a_cut_batch_gives_the_steps_of_the_full_one():
+  """The image-text and MLM steps of the tiny config on a batch cut to a 32-position bucket equal
+  those on the same batch at all 48 positions: the loss, each term and every updated parameter."""
+  import jax
+  import numpy as np
+
+  from benchmarks.bench_train_step import fake_batch
+  from jimte import batches, optim, sharding, steps
+  from jimte.models.joimternet import build_model
+  from tests._tiny import param_leaves, tiny_config
+
+  config = tiny_config(**{"loss.mixture": False})
+  mesh = sharding.make_mesh(config.mesh)
+  model = build_model(config.model.copy_and_resolve_references())
+  optimizers = optim.make_optimizers(config.optim)
+  schedule = optim.make_schedule(config.optim, 10, 100)
+  full = fake_batch(np.random.default_rng(0), 8, config.image_size, 30, 400)
+  full = {k: np.pad(v, ((0, 0), (0, 18))) if k in batches.TEXT_KEYS else v for k, v in full.items()}
+  (cut,) = batches.trim_text([full], (16, 32, 48))
+  assert full["tokens"].shape[1] == 48 and cut["tokens"].shape[1] == 32
+  make = {
+    "itm": steps.make_itm_step(
+      config, model, optimizers, schedule, steps.make_objective(config, mesh), mesh
+    ),
+    "mlm": steps.make_mlm_step(config, model, optimizers, schedule),
+  }
+  for kind, step in make.items():
+    results = []
+    for batch in (full, cut):
+      state, _ = steps.init_train_state(config, model, optimizers, mesh, jax.random.key(0))
+      state, metrics = jax.jit(step)(state, batch)
+      results.append((param_leaves(state), jax.device_get(metrics)))
+    (params_full, metrics_full), (params_cut, metrics_cut) = results
+    for key in metrics_full:
+      if key.startswith("train/") and "norm" not in key:
+        np.testing.assert_allclose(
+          metrics_cut[key], metrics_full[key], rtol=2e-5, atol=1e-6, err_msg=f"{kind} {key}"
+        )
+    for a, b in zip(params_cut, params_full, strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=kind)
+
+
+def test_two_processes_cut_their_shares_of_a_global_batch_alike(tmp_path):
+  """Pod workers are never in step: process 1 starts late and falls behind again; each process's
+  share uses other lengths, and both cut to the bucket of the global batch's longest report."""
+  import json
+
+  from launch import multiprocess
+
+  port = multiprocess.free_port()
+  commands = multiprocess.process_commands(2, port, [], module="tests._trim_text_main")
+  env = multiprocess.process_env(1)
+  procs = [
+    subprocess.Popen(
+      c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    for c in commands
+  ]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+  reports = [
+    json.loads(line.split("TRIMMED ", 1)[1])
+    for out in outputs
+    for line in out.splitlines()
+    if line.startswith("TRIMMED ")
+  ]
+  assert sorted(r["process"] for r in reports) == [0, 1]
+  for r in reports:  # global used lengths per batch: max(10, 20), max(30, 5), 0
+    assert [s["tokens"] for s in r["shapes"]] == [[2, 32], [2, 32], [2, 16]]
+    assert [s["mlm_weights"] for s in r["shapes"]] == [[2, 32], [2, 32], [2, 16]]
+    assert all(s["index"] == [2] for s in r["shapes"])

@@ -173,7 +173,7 @@ def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path):
   assert len(best) == 1 and ranks[best[0]] == min(ranks.values())  # and the best evaluated one
 
 
-def test_train_steps_compile_once_per_kind_and_record_flops():
+def test_train_steps_compile_once_per_kind_and_batch_shape_and_record_flops():
   calls = []
 
   def double(state, batch):
@@ -188,6 +188,13 @@ def test_train_steps_compile_once_per_kind_and_record_flops():
   assert train_steps.flops["double"] == pytest.approx(2 * 8**3, rel=0.05)
   assert train_steps.take_flops() == pytest.approx(2 * train_steps.flops["double"])
   assert train_steps.take_flops() == 0.0
+  # Another batch shape (another text-length bucket) compiles once more; the first stays cached.
+  y, _ = train_steps(2, jnp.ones((8, 4)), jnp.ones((4, 4)))
+  train_steps(3, y, jnp.ones((4, 4)))
+  train_steps(4, x, x)
+  assert len(calls) == 2
+  assert train_steps.flops["double"] == pytest.approx(2 * 8 * 4 * 4, rel=0.05)
+  assert train_steps.take_flops() == pytest.approx(2 * 2 * 8 * 4 * 4 + 2 * 8**3, rel=0.05)
 
 
 def test_train_steps_remember_the_first_non_finite_step():
