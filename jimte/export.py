@@ -39,7 +39,7 @@ ARRAY_COLUMNS = (
   "regions",
   "words",
   "word_mask",
-  "anatomy",  # image exports with anatomy: [29, D] region embeddings (atlas boxes)
+  "anatomy",  # image exports with anatomy: [29, D] region embeddings (own boxes, else atlas)
   "region_text",  # report exports with anatomy: [29, D] region-text vectors
   "region_codes",  # report exports with anatomy: [29] weak region codes (jimte.anatomy.regions)
 )
@@ -523,8 +523,10 @@ def export_tfds(
   """Image (`kind="image"`, rows carry their report too) or report (`kind="text"`) embeddings of
   a built TFDS split, in the split's stored order, with ids from `tfds_row_id`; this host takes
   its contiguous slice of the split (`TfdsSource`). Images go through the eval view, as in
-  training's evaluation. `anatomy` (reports only) adds region-text vectors, weak region codes and
-  the region sentences (docs/alc_itr.md)."""
+  training's evaluation. `anatomy` adds, to reports, region-text vectors, weak region codes and
+  the region sentences; to images, the region embeddings of the 29 anatomical boxes: the split's
+  own `region_boxes` where it stores them (the synthetic set), else the default atlas's
+  (docs/alc_itr.md)."""
   import tensorflow as tf
 
   from data_pipeline.input import TfdsSource
@@ -538,14 +540,14 @@ def export_tfds(
     raise KeyError(f"{dataset_dir}: no split {split!r} ({e})") from None
   settings, manifest = model_manifest(model, kind, f"{os.path.abspath(dataset_dir)}:{split}")
   settings.update(regions=regions, words=words)
+  own_boxes = anatomy and kind == "image" and "region_boxes" in source.as_dataset().element_spec
   if anatomy:
-    if kind != "text":
-      raise ValueError(
-        "--anatomy on a TFDS split exports its reports' region texts: use it with --kind text "
-        "(image files get atlas-region embeddings through --images)"
-      )
     settings["anatomy"] = True
-  labeler = _labeler(anatomy)
+    if kind == "image":
+      settings["anatomy_boxes"] = manifest["anatomy_boxes"] = (
+        "region_boxes" if own_boxes else "atlas"
+      )
+  labeler = _labeler(anatomy and kind == "text")
   writer = ExportWriter(
     out_dir, settings, part_size=part_size, process_index=process_index, overwrite=overwrite
   ).open()
@@ -555,7 +557,12 @@ def export_tfds(
   def prepare(example):
     row = {k: example[k] for k in ("text", "index", *TFDS_ID_KEYS) if k in example}
     if kind == "image":
-      row["image"] = eval_view(decode_image(example["image"]), size, native_crop=native) * 2 - 1
+      stored = decode_image(example["image"])
+      row["image"] = eval_view(stored, size, native_crop=native) * 2 - 1
+      if anatomy:  # boxes are normalised on the stored image: pooled through its own view
+        row["stored_image"] = stored
+        if own_boxes:
+          row["region_boxes"] = example["region_boxes"]
     return row
 
   dataset = (
@@ -576,8 +583,10 @@ def export_tfds(
       position += 1
       if len(pending) == batch_size or position % part_size == 0 or position == total:
         rows = _tfds_rows(model, pending, kind, regions, words)
-        if anatomy:
+        if anatomy and kind == "text":
           rows.update(_anatomy_rows(model, rows["report"], labeler))
+        elif anatomy:
+          rows["anatomy"] = _box_embeddings(model, pending)
         bar.update(len(pending))
         pending = []
         if writer.add(rows) >= (stop_after_parts or float("inf")):
@@ -585,6 +594,17 @@ def export_tfds(
   finally:
     bar.close()
   return writer.close(manifest, process_count=process_count, barrier=barrier)
+
+
+def _box_embeddings(model, examples: list) -> np.ndarray:
+  """[n, 29, D] region embeddings of examples with a `stored_image` (and `region_boxes`, else the
+  default atlas's boxes)."""
+  from jimte.anatomy.regions import default_atlas
+
+  atlas = default_atlas()
+  return np.stack(
+    [model.encode_anatomy(e["stored_image"], e.get("region_boxes", atlas))[0] for e in examples]
+  )
 
 
 def _tfds_rows(model, examples: list, kind: str, regions: bool, words: bool) -> dict:
@@ -644,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument(
     "--anatomy",
     action="store_true",
-    help="also ALC-ITR's anatomy: region-text vectors of reports, atlas-region vectors of images",
+    help="also ALC-ITR's anatomy: region-text vectors of reports, anatomical-region vectors of "
+    "images (a TFDS split's own region boxes, else the default atlas)",
   )
   p.add_argument("--part-size", type=int, default=DEFAULT_PART_SIZE)
   p.add_argument("--overwrite", action="store_true")

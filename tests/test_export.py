@@ -293,3 +293,31 @@ def test_tfds_row_ids():
   assert export.tfds_row_id(dict(study_id=b"s12", index=3)) == "s12"
   assert export.tfds_row_id(dict(study_id=b"", dicom_id=b"d7", index=3)) == "d7"
   assert export.tfds_row_id(dict(index=np.int64(3))) == "3"
+
+
+def test_tfds_image_export_with_anatomy_pools_the_splits_own_region_boxes(
+  trained_workdir, synthetic_small, tmp_path
+):
+  """ALC-ITR's image side of a TFDS split: each row's 29 region embeddings are those of its
+  stored image pooled in its own `region_boxes` (the synthetic set has them), as
+  `JimteModel.encode_anatomy` gives them; the manifest says which boxes were used."""
+  import tensorflow as tf
+
+  from data_pipeline.input import TfdsSource
+  from jimte.anatomy.regions import default_atlas
+  from jimte.inference import JimteModel
+
+  model = JimteModel.from_workdir(trained_workdir)
+  directory = export.tfds_directory("synthetic_cxr/small", synthetic_small)
+  out = str(tmp_path / "anatomy")
+  manifest = export.export_tfds(model, directory, "test", out, anatomy=True, batch_size=16)
+  assert manifest["count"] == 50 and manifest["anatomy_boxes"] == "region_boxes"
+  back = export.read_export(out, columns=("anatomy",))
+  assert back.extra["anatomy"].shape == (50, 29, model.embed_dim)
+  examples = list(TfdsSource(directory, "test").as_dataset().take(3).as_numpy_iterator())
+  for row, example in enumerate(examples):
+    image = tf.io.decode_png(example["image"], channels=1).numpy()
+    want, _ = model.encode_anatomy(image, example["region_boxes"])
+    np.testing.assert_allclose(back.extra["anatomy"][row], want, rtol=1e-5, atol=1e-6)
+    atlas, _ = model.encode_anatomy(image, default_atlas())
+    assert not np.allclose(want, atlas, atol=1e-3)  # its own boxes, not the atlas's
