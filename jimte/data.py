@@ -24,6 +24,7 @@ from jimte import batches as batches_lib
 from jimte import multihost
 from jimte import steps as steps_lib
 from jimte.anatomy import table as anatomy_table
+from jimte.anatomy.regions import default_atlas
 from jimte.anatomy.table import AnatomyTable
 
 log = logging.getLogger("jimte.data")
@@ -357,9 +358,24 @@ def _texts_of(source) -> list[str]:
 
 
 def _region_boxes_of(source) -> np.ndarray | None:
-  """[N, 29, 4] per-image region boxes of a source that stores them (`region_boxes`), else None."""
+  """[N, 29, 4] per-image region boxes of a source that stores them (`region_boxes`), else None.
+
+  A region a split's boxes lack (a NaN row: e.g. a MIMIC-CXR image without a Chest ImaGenome
+  scene graph, or one that misses that region) takes the default atlas's box, counted in a log line.
+  """
   dataset = source.as_dataset(0, 1)
   if "region_boxes" not in dataset.element_spec:
     return None
-  boxes = list(dataset.map(lambda e: e["region_boxes"]).as_numpy_iterator())
-  return np.stack(boxes).astype(np.float32)
+  boxes = np.stack(list(dataset.map(lambda e: e["region_boxes"]).as_numpy_iterator()))
+  boxes = boxes.astype(np.float32)
+  missing = np.isnan(boxes).any(-1)
+  if missing.any():
+    boxes = np.where(missing[..., None], default_atlas()[None], boxes)
+    log.info(
+      "%s: %d of %d region boxes absent (%d images without any): the default atlas's used",
+      source,
+      int(missing.sum()),
+      missing.size,
+      int(missing.all(-1).sum()),
+    )
+  return boxes

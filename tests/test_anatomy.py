@@ -387,3 +387,30 @@ def test_conditioned_scores_are_cosines_of_the_queried_region():
   )
   leaves = anatomy_retrieval.query_set(encoded["region_codes"], "leaves")
   assert {r for _, r in leaves} == {REGION_INDEX["left upper lung zone"]}
+
+
+def test_absent_region_boxes_of_a_split_take_the_atlas_box():
+  """A TFDS-like split whose `region_boxes` have NaN rows (MIMIC-CXR without a scene graph, or a
+  region the graph lacks): those rows become the default atlas's, the rest stay the split's."""
+  import tensorflow as tf
+
+  from data_pipeline import input as input_lib
+  from jimte import data
+
+  boxes = np.tile(np.array([0.1, 0.2, 0.6, 0.7], np.float32), (3, 29, 1))
+  boxes[0, 5] = np.nan  # one region absent
+  boxes[2] = np.nan  # no scene graph at all
+  dataset = tf.data.Dataset.from_tensor_slices(
+    {
+      "image": np.zeros((3, 8, 8, 1), np.uint8),
+      "text": ["a.", "b.", "c."],
+      "study_id": ["s0", "s1", "s2"],
+      "region_boxes": boxes,
+    }
+  )
+  got = data._region_boxes_of(input_lib.DatasetSource(dataset))
+  atlas = regions.default_atlas()
+  np.testing.assert_array_equal(got[0, 5], atlas[5])
+  np.testing.assert_array_equal(got[2], atlas)
+  np.testing.assert_array_equal(got[1], boxes[1])
+  np.testing.assert_array_equal(np.delete(got[0], 5, 0), np.delete(boxes[0], 5, 0))

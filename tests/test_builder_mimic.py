@@ -208,3 +208,56 @@ def test_study_plan_json_round_trip():
   )
   np.testing.assert_array_equal(np.array(back.labels), np.array(labels))
   assert Study.from_json(dataclasses.replace(study, labels=None).to_json()).labels is None
+
+
+def test_mimic_build_with_chest_imagenome_region_boxes(mimic_dir, tmp_path):
+  """`imagenome: true`: each example's `region_boxes` are its scene graph's pixel boxes over the
+  stored JPEG's size (120 x 100 here; the stored image is resized, the normalised boxes are not);
+  absent regions NaN; an image without a scene graph or with a broken one all NaN; every such case
+  and every ignored or clipped object counted in the notes."""
+  import json
+
+  from data_pipeline import imagenome
+  from data_pipeline.builders.mimic_cxr import studies
+  from data_pipeline.names import REGION_INDEX
+
+  graphs = tmp_path / "physionet.org/files/chest-imagenome/1.0.0/silver_dataset/scene_graph"
+  graphs.mkdir(parents=True)
+
+  def box(name, x1, y1, x2, y2):
+    return dict(bbox_name=name, original_x1=x1, original_y1=y1, original_x2=x2, original_y2=y2)
+
+  objects = [
+    box("right lung", 10, 12, 50, 100),
+    box("Left_Lung", 55, 10, 130, 110),  # past the right edge (width 100): clipped
+    box("left arm", 0, 0, 5, 5),  # not one of the 29: ignored
+  ]
+  (graphs / "d1_SceneGraph.json").write_text(json.dumps({"image_id": "d1", "objects": objects}))
+  (graphs / "d4_SceneGraph.json").write_text("{not json")
+  config = MimicCxrConfig(name="frontal_64_imagenome", max_side=64, imagenome=True)
+  builder = prepare(MimicBuilder(data_dir=tmp_path / "out", config=config), mimic_dir)
+  train = {ex["dicom_id"].decode(): ex for ex in read_split(builder, "train")}
+  boxes = train["d1"]["region_boxes"]
+  assert boxes.shape == (29, 4) and boxes.dtype == np.float32
+  np.testing.assert_allclose(boxes[REGION_INDEX["right lung"]], [12 / 120, 0.1, 100 / 120, 0.5])
+  np.testing.assert_allclose(boxes[REGION_INDEX["left lung"]], [10 / 120, 0.55, 110 / 120, 1.0])
+  others = [
+    i for i in range(29) if i not in (REGION_INDEX["right lung"], REGION_INDEX["left lung"])
+  ]
+  assert np.isnan(boxes[others]).all()
+  assert np.isnan(train["d3"]["region_boxes"]).all()
+  validation = {ex["dicom_id"].decode(): ex for ex in read_split(builder, "validation")}
+  assert np.isnan(validation["d4"]["region_boxes"]).all()
+  accounting = record_accounting(builder)
+  assert accounting["train"]["notes"][studies.NO_SCENE_GRAPH] == 1  # d3
+  assert accounting["train"]["notes"][f"scene graph: {imagenome.UNKNOWN_REGION}"] == 1
+  assert accounting["train"]["notes"][f"scene graph: {imagenome.CLIPPED_BOX}"] == 1
+  assert accounting["validation"]["notes"][studies.UNREADABLE_SCENE_GRAPH] == 1  # d4
+  assert accounting["validation"]["notes"][studies.NO_SCENE_GRAPH] == 1  # d5
+  assert accounting["test"]["notes"][studies.NO_SCENE_GRAPH] == 1  # d6
+
+
+def test_mimic_imagenome_build_without_scene_graphs_names_what_to_download(mimic_dir, tmp_path):
+  config = MimicCxrConfig(name="frontal_64_imagenome", max_side=64, imagenome=True)
+  with pytest.raises(FileNotFoundError, match="scene_graph.zip"):
+    prepare(MimicBuilder(data_dir=tmp_path / "out", config=config), mimic_dir)

@@ -1,4 +1,4 @@
-"""Chest ImaGenome scene-graph reader (jimte/anatomy/imagenome.py): exact normalised boxes of
+"""Chest ImaGenome scene-graph reader (data_pipeline/imagenome.py): exact normalised boxes of
 scene-graph files written in the silver set's format, NaN for absent regions, and every file or
 object left out counted by reason."""
 
@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 
+from data_pipeline import imagenome
 from data_pipeline.names import REGION_INDEX
-from jimte.anatomy import imagenome
 
 DICOM_A = "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014"
 DICOM_B = "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab"

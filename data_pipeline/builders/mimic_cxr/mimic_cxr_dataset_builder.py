@@ -40,6 +40,16 @@ it uses: `frontal` (the default; longer side <= 2048 px, the input size of
 native scale). PNG by default; `--config '{"name": "frontal_512_jpeg", "max_side": 512,
 "image_encoding": "jpeg"}'` stores JPEG (smaller, faster to decode, lossy).
 
+Anatomical boxes (ALC-ITR, docs/alc_itr.md): with `"imagenome": true` in the config (e.g.
+`--config '{"name": "frontal_imagenome", "imagenome": true}'`) each example also gets
+`region_boxes`, float32 [29, 4]: the Chest ImaGenome silver scene graph of its dicom id
+(`data_pipeline.imagenome.read_scene_graph`), read from a folder named `scene_graph` under
+`--manual_dir` (Chest ImaGenome's `silver_dataset/scene_graph.zip`, unzipped), its pixel boxes
+divided by the stored JPEG's size (MIMIC-CXR-JPG keeps the DICOM's resolution; normalised boxes do
+not change when the image is resized). NaN rows mark regions the graph lacks; an image without a
+scene graph, or with an unreadable one, keeps all-NaN boxes and is counted in the notes, as are
+the objects the reader ignores or clips.
+
 Single process or Apache Beam. Planning (the three CSVs streamed once into per-split lists of
 studies) always runs in the launching process and counts the exclusions there. With Beam options
 (`tfds build ... --beam_pipeline_options=...`, or `tfds.download.DownloadConfig(beam_options=...)`)
@@ -111,6 +121,7 @@ _SPLIT_NAMES = {
   "test": "test",
 }
 _SHARD_DIR = re.compile(r"^[ps]\d+$")
+SCENE_GRAPH_DIR = "scene_graph"
 
 _DESCRIPTION = """\
 MIMIC-CXR-JPG: frontal chest radiographs with their free-text reports (findings + impression),
@@ -135,9 +146,12 @@ class MimicCxrConfig(base.ImageBuilderConfig):
 
   Attributes:
     views: accepted `ViewPosition` values (default: the frontal `PA` and `AP`).
+    imagenome: also read Chest ImaGenome's silver scene graphs into a `region_boxes` feature
+      (see the module docstring).
   """
 
   views: Sequence[str] = ("PA", "AP")
+  imagenome: bool = False
 
   def __post_init__(self):
     super().__post_init__()
@@ -209,6 +223,7 @@ class Builder(base.ValidatingBuilder):
             doc="CheXpert: 1 pos, 0 neg, -1 uncertain, NaN blank; order: "
             + ", ".join(names.CHEXPERT_OBSERVATIONS),
           ),
+          **self._region_box_feature(),
         }
       ),
       homepage="https://physionet.org/content/mimic-cxr-jpg/",
@@ -216,7 +231,40 @@ class Builder(base.ValidatingBuilder):
       metadata=tfds.core.MetadataDict(),
     )
 
+  def _region_box_feature(self) -> dict:
+    if not self.builder_config.imagenome:
+      return {}
+    return {
+      "region_boxes": tfds.features.Tensor(
+        shape=(len(names.CHEST_IMAGENOME_REGIONS), 4),
+        dtype=np.float32,
+        doc="Chest ImaGenome silver boxes, normalised [y0, x0, y1, x1] on the image, in "
+        "data_pipeline.names.CHEST_IMAGENOME_REGIONS order; NaN rows: region absent",
+      )
+    }
+
   # ------------------------------------------------------------------ sources
+  @staticmethod
+  def _find_scene_graphs(manual: epath.Path) -> epath.Path:
+    """The Chest ImaGenome folder of `<dicom_id>_SceneGraph.json` files: a folder named
+    `scene_graph` (breadth-first, <= 6 levels below `manual`, MIMIC's shards never entered)."""
+    frontier = [manual]
+    for _ in range(7):
+      next_frontier = []
+      for folder in frontier:
+        subfolders = [p for p in sorted(folder.iterdir()) if p.is_dir()]
+        for p in subfolders:
+          if p.name == SCENE_GRAPH_DIR:
+            return p
+        next_frontier += [p for p in subfolders if not _SHARD_DIR.match(p.name)]
+      frontier = next_frontier
+    raise FileNotFoundError(
+      f"No {SCENE_GRAPH_DIR}/ folder under {manual} (config imagenome=True). Download Chest "
+      "ImaGenome (https://physionet.org/content/chest-imagenome/) into the manual dir and unzip "
+      f"silver_dataset/scene_graph.zip there, giving .../silver_dataset/{SCENE_GRAPH_DIR}/"
+      "<dicom_id>_SceneGraph.json."
+    )
+
   @staticmethod
   def _find_root(manual: epath.Path) -> epath.Path:
     """The folder holding the MIMIC-CXR-JPG CSVs (breadth-first, <= 4 levels below).
@@ -270,6 +318,9 @@ class Builder(base.ValidatingBuilder):
     plan = self._plan(root, official, labels)
     self._report_unassigned()
     config = self.builder_config
+    scene_graphs = None
+    if config.imagenome:
+      scene_graphs = str(self._find_scene_graphs(epath.Path(dl_manager.manual_dir)))
     reader = studies.StudyReader(
       root=str(root),
       min_side=config.min_side,
@@ -277,6 +328,7 @@ class Builder(base.ValidatingBuilder):
       resize_side=config.resize_side,
       dataset=self.name,
       strict=self.strict,
+      scene_graphs=scene_graphs,
     )
     splits = self._non_empty_splits(plan)
     if getattr(self, "_use_beam", False):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import re
 import zipfile
 from collections.abc import Iterator
@@ -22,10 +23,15 @@ from collections.abc import Iterator
 import numpy as np
 from etils import epath
 
+from data_pipeline import imagenome
 from data_pipeline.builders import image_io, report_text, sources, validation
 from data_pipeline.builders.accounting import SkipLedger
 
+log = logging.getLogger(__name__)
+
 NO_LABELS = "no CheXpert labels"
+NO_SCENE_GRAPH = "no Chest ImaGenome scene graph (region_boxes all NaN)"
+UNREADABLE_SCENE_GRAPH = "unreadable Chest ImaGenome scene graph (region_boxes all NaN)"
 WHOLE_REPORT = "no FINDINGS/IMPRESSION (whole report used)"
 METRICS_NAMESPACE = "mimic_cxr"
 KINDS = ("kept", "skipped", "notes")
@@ -103,6 +109,8 @@ class StudyReader:
   resize_side: str
   dataset: str = METRICS_NAMESPACE
   strict: bool = False
+  # Chest ImaGenome's scene-graph folder: each example gets `region_boxes` (None: no such feature).
+  scene_graphs: str | None = None
 
   def __post_init__(self):
     self._reports: _ReportStore | None = None
@@ -160,10 +168,14 @@ class StudyReader:
         ledger.note(split, WHOLE_REPORT)
       if study.labels is None:
         ledger.note(split, NO_LABELS)
+      extra = {}
+      if self.scene_graphs is not None:
+        extra["region_boxes"] = self.region_boxes(dicom_id, loaded.original_size, split, ledger)
       ledger.accept(split)
       yield (
         dicom_id,
         {
+          **extra,
           "image": loaded.array,
           "text": text,
           "findings": findings,
@@ -175,6 +187,36 @@ class StudyReader:
           "labels": labels.copy(),
         },
       )
+
+  def region_boxes(
+    self, dicom_id: str, size: tuple[int, int], split: str, ledger: SkipLedger
+  ) -> np.ndarray:
+    """float32 [29, 4] normalised boxes of the image's scene graph (NaN rows where a region is
+    absent; all NaN, noted, where the image has no scene graph or an unreadable one). `size` is
+    the stored JPEG's (width, height): MIMIC-CXR-JPG keeps the DICOM's resolution, which the
+    scene graphs' pixel boxes are in."""
+    path = epath.Path(self.scene_graphs) / (dicom_id + imagenome.SCENE_GRAPH_SUFFIX)
+    empty = np.full((imagenome.NUM_REGIONS, 4), np.nan, np.float32)
+    if not path.exists():
+      ledger.note(split, NO_SCENE_GRAPH)
+      return empty
+    notes = collections.Counter()
+    width, height = size
+    try:
+      graph_id, boxes = imagenome.read_scene_graph(
+        str(path), {dicom_id: (height, width)}, notes=notes
+      )
+    except imagenome.SceneGraphError as e:
+      log.warning("%s", e)
+      ledger.note(split, UNREADABLE_SCENE_GRAPH)
+      return empty
+    if graph_id != dicom_id:
+      ledger.note(split, UNREADABLE_SCENE_GRAPH)
+      return empty
+    for note, count in notes.items():
+      for _ in range(count):
+        ledger.note(split, f"scene graph: {note}")
+    return boxes
 
   def beam_examples(self, line: str) -> Iterator[tuple[str, dict]]:
     """`examples` of one JSON plan line, counting outcomes as Beam metrics (runs on workers)."""

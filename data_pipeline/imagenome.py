@@ -28,6 +28,7 @@ import os
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+from etils import epath
 
 from data_pipeline.names import CHEST_IMAGENOME_REGIONS, REGION_INDEX
 
@@ -80,7 +81,7 @@ def read_scene_graph(
   notes = collections.Counter() if notes is None else notes
   unknown_regions = collections.Counter() if unknown_regions is None else unknown_regions
   try:
-    with open(path, encoding="utf-8") as f:
+    with epath.Path(path).open(encoding="utf-8") as f:  # local or GCS
       graph = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise SceneGraphError(f"{path}: not a readable JSON file ({e})") from e
