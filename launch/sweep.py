@@ -385,7 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.action == "collect":
     from launch import sweep_results
 
-    table = sweep_results.collect(os.path.join(args.root, sweep.name), sweep.metrics)
+    table = sweep_results.collect(
+      os.path.join(args.root, sweep.name),
+      sweep.metrics,
+      point_order=list(dict.fromkeys(r.point for r in runs)),
+    )
     print(table.markdown)
     print(f"wrote {', '.join(table.files)}")
     return 0

@@ -75,8 +75,11 @@ def _is_rate(metric: str) -> bool:
   return "R@" in metric or "recall" in metric.lower() or "auroc" in metric.lower()
 
 
-def collect(sweep_dir: str, metrics: Sequence[str] = (), write: bool = True) -> Table:
-  """Groups the runs of `sweep_dir` by point; writes results.csv, results.md and <metric>.png."""
+def collect(
+  sweep_dir: str, metrics: Sequence[str] = (), write: bool = True, point_order: Sequence[str] = ()
+) -> Table:
+  """Groups the runs of `sweep_dir` by point; writes results.csv, results.md and <metric>.png.
+  Points come in `point_order` (the sweep's own order), any others after it in directory order."""
   runs = read_runs(sweep_dir)
   if not runs:
     raise FileNotFoundError(f"no run of a sweep under {sweep_dir} (nothing was started there)")
@@ -95,7 +98,8 @@ def collect(sweep_dir: str, metrics: Sequence[str] = (), write: bool = True) -> 
         if m not in final:
           raise KeyError(f"{meta['point']}/seed{meta['seed']}: {FINAL_METRICS} has no {m!r}")
         order[point].values[m].append(float(final[m]))
-  points = list(order.values())
+  rank = {name: i for i, name in enumerate(point_order)}
+  points = sorted(order.values(), key=lambda p: rank.get(p.point, len(rank)))  # stable
   markdown = _markdown(points, list(metrics))
   files = []
   if write:

@@ -203,6 +203,9 @@ def test_collect_averages_finished_seeds_and_counts_the_rest(tmp_path):
   assert float(rows[1]["eval/R@10_mean"]) == pytest.approx(values["b"].mean())
   assert {Path(f).name for f in table.files} >= {"results.md", "eval_Rat10.png", "loss.png"}
   assert math.isnan(sweep_results.mean_std([])[0])
+  # In the sweep's own order (as `launch.sweep collect` passes it), not the directories'.
+  ordered = sweep_results.collect(str(root), write=False, point_order=["b", "a"])
+  assert [p.point for p in ordered.points] == ["b", "a"]
 
 
 def test_collect_of_an_unstarted_sweep_says_so(tmp_path):
