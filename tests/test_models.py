@@ -671,3 +671,36 @@ def test_config_errors_are_reported():
   ):
     with pytest.raises(ValueError, match=message):
       abstract_variables(build_model(tiny_config(**override)), TINY_IMAGE_SIZE, TINY_TEXT_LENGTH)
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(3, 1, 2), (3, 2, 4), (1, 2, 4), (3, 1, 5)])
+def test_square_conv_as_a_matmul_equals_flax_conv(kernel, stride, size):
+  """`SquareConv` has `nn.Conv`'s parameter (same name, shape and initial values) and, run as
+  patches times kernel on a small map, the same outputs and gradients."""
+  import flax.linen as nn
+
+  from jimte.models.image import SquareConv, conv_kernel_init
+
+  x = jax.random.normal(jax.random.key(0), (3, size, size, 6))
+  reference = nn.Conv(
+    5,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=[(kernel // 2, kernel // 2)] * 2,
+    use_bias=False,
+    kernel_init=conv_kernel_init,
+  )
+  params = reference.init(jax.random.key(1), x)
+  for positions in (0, 10**6):  # always lax.conv / always the matmul
+    conv = SquareConv(5, kernel, stride=stride, matmul_max_positions=positions)
+    mine = conv.init(jax.random.key(1), x)
+    np.testing.assert_array_equal(mine["params"]["kernel"], params["params"]["kernel"])
+
+    def loss(p, x, module):
+      return jnp.sum(jnp.sin(module.apply(p, x)))
+
+    np.testing.assert_allclose(conv.apply(params, x), reference.apply(params, x), atol=1e-5)
+    grad = jax.grad(loss, argnums=(0, 1))
+    for a, b in zip(grad(params, x, conv), grad(params, x, reference), strict=True):
+      for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)

@@ -162,6 +162,7 @@ def _build_joimternet_resnet(
     weight_init=config.get("weight_init", "lecun"),
     bn_momentum=config.get("bn_momentum", 0.9),
     anatomy_head=config.get("anatomy_head", False),
+    conv_matmul_max_positions=config.get("conv_matmul_max_positions", 4),
     dtype=dtype,
     remat=remat,
   )
