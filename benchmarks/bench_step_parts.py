@@ -99,8 +99,7 @@ def main(argv=None) -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--peak_n", type=int, default=2048)
   args = parser.parse_args(argv)
-  args.vocab_size, args.text_buckets = 0, None
-  config = configured(args, args.image_size, args.batch_size, args.dtype)
+  config = configured(args.config, args.image_size, args.batch_size, args.dtype)
   text_len = args.text_len or config.tokenizer.max_len
   peak = _timing.measure_matmul_peak_gflops(args.peak_n) * 1e9
   print(

@@ -285,16 +285,24 @@ def paper_or_default(name: str):
   return default_config.get_config() if name == "default" else joimternet_paper.get_config()
 
 
-def configured(args, image_size: int, batch_size: int, dtype: str):
-  config = paper_or_default(args.config)
+def configured(
+  name: str,
+  image_size: int,
+  batch_size: int,
+  dtype: str,
+  vocab_size: int = 0,
+  text_buckets: str | None = None,
+):
+  """The `name` config ("default" | "paper") at this input size, batch and dtype; `text_buckets`
+  "64,96,160" or "none" replaces the config's."""
+  config = paper_or_default(name)
   config.image_size = image_size
   config.batch_size = batch_size
   config.model.dtype = dtype
-  if args.vocab_size:
-    config.model.text.vocab_size = args.vocab_size
-  if args.text_buckets is not None:
-    buckets = () if args.text_buckets == "none" else tuple(int_list(args.text_buckets))
-    config.text_buckets = buckets
+  if vocab_size:
+    config.model.text.vocab_size = vocab_size
+  if text_buckets is not None:
+    config.text_buckets = () if text_buckets == "none" else tuple(int_list(text_buckets))
   return config
 
 
@@ -334,10 +342,16 @@ def main(argv=None) -> None:
   batches = args.batch_sizes or [args.batch_size or base.batch_size]
   dtype = args.dtype or base.model.dtype
   lengths = iu_report_lengths() if args.lengths == "iu" else None
+
+  def config_of(image_size: int, batch_size: int):
+    return configured(
+      args.config, image_size, batch_size, dtype, args.vocab_size, args.text_buckets
+    )
+
   if args.flops_only:
     for image_size in sizes:
       for batch_size in batches:
-        config = configured(args, image_size, batch_size, dtype)
+        config = config_of(image_size, batch_size)
         counts = " ".join(f"{k}={v:.1f}" for k, v in step_flops(config, lengths).items())
         print(f"image_size={image_size} batch={batch_size} {counts}", flush=True)
     return
@@ -346,7 +360,7 @@ def main(argv=None) -> None:
   bandwidth = measure_bandwidth()
   print(
     f"config={args.config} dtype={dtype} max_len={base.tokenizer.max_len} "
-    f"lengths={args.lengths} text_buckets={configured(args, 0, 0, dtype).text_buckets} "
+    f"lengths={args.lengths} text_buckets={config_of(0, 0).text_buckets} "
     f"devices={jax.device_count()} backend={jax.default_backend()} "
     f"device={jax.devices()[0].device_kind}"
   )
@@ -356,7 +370,7 @@ def main(argv=None) -> None:
   )
   for image_size in sizes:
     for batch_size in batches:
-      config = configured(args, image_size, batch_size, dtype)
+      config = config_of(image_size, batch_size)
       print(f"image_size={image_size} batch={batch_size}", flush=True)
       if lengths is None:
         results = bench_steps(config, args.repeats, peak)
