@@ -188,3 +188,96 @@ def test_grounding_evaluator_settings_and_missing_boxes_name_their_key(tmp_path,
     strict.check(data)
   lenient.check(data)
   assert lenient({}, data=data, workdir=str(tmp_path)) == {}
+
+
+# ------------------------------------------------------------- benchmarks/grounding_diagnosis.py
+def test_diagnosis_readings_find_what_is_planted_and_nothing_in_noise():
+  """The diagnosis's pieces: AUC by hand; a probe finds a planted label direction (AUC 1) and not
+  a random label (near 0.5); the text-free anomaly map points at the one cell that differs from
+  the others' images, the pointing game counting it; the word softmax sums to one."""
+  from benchmarks import grounding_diagnosis as diagnosis
+
+  assert diagnosis.auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+  rng = np.random.default_rng(0)
+  labels = rng.random(300) < 0.3
+  features = rng.standard_normal((300, 16))
+  planted = features.copy()
+  planted[:, 3] += 3.0 * labels
+  assert diagnosis.probe_auc(planted, labels) > 0.95
+  assert abs(diagnosis.probe_auc(features, labels) - 0.5) < 0.15
+
+  regions = rng.standard_normal((40, 8, 8, 4)) * 0.1
+  rows, cells = np.arange(40), rng.integers(0, 64, size=40)
+  regions.reshape(40, 64, 4)[rows, cells] += 5.0  # each image's finding: one cell stands out
+  anomaly = diagnosis.anomaly_maps(regions).reshape(40, 64)
+  assert (anomaly.argmax(1) == cells).all()
+  phrases = [
+    grounding.Phrase(
+      int(i),
+      "nodule",
+      "nodule",
+      (0,),
+      ((c // 8 / 8, c % 8 / 8, (c // 8 + 1) / 8, (c % 8 + 1) / 8),),
+    )
+    for i, c in zip(rows, cells, strict=True)
+  ]
+  games = diagnosis.pointing_games(
+    {"anomaly": lambda i: anomaly[i].reshape(8, 8), "flat": lambda i: np.zeros((8, 8))}, phrases, 64
+  )
+  assert games["anomaly"] == {"all": 1.0, "nodule": 1.0}
+  assert games["flat"]["all"] < 0.1  # a constant map's first maximum: the top-left pixel
+
+  q = diagnosis.word_softmax(
+    rng.standard_normal((5, 4)), rng.standard_normal((7, 4)), np.arange(7) < 5
+  )
+  assert q.shape == (5, 5)
+  np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-6)
+
+
+def test_supervised_cam_reference_runs_and_reports_per_kind(capsys):
+  """benchmarks/grounding_supervised_cam.py on the tiny config: targets and phrases from the
+  ground truth (one phrase per finding group, a target per kind present), then a few updates
+  and its printed AUCs and CAM pointing game, each in [0, 1], with the grid's ceiling."""
+  import re
+
+  from benchmarks import grounding_supervised_cam as reference
+  from data_pipeline.phantoms.config import FINDING_INDEX
+
+  findings = [
+    [{"finding_id": 0, "group": 0, "name": "nodule", "box": (0.1, 0.1, 0.2, 0.2)}],
+    [],
+    [
+      {"finding_id": 2, "group": 0, "name": "pleural_effusion", "box": (0.6, 0.1, 0.8, 0.4)},
+      {"finding_id": 2, "group": 0, "name": "pleural_effusion", "box": (0.6, 0.6, 0.8, 0.9)},
+      {"finding_id": 4, "group": 1, "name": "cardiomegaly", "box": (0.4, 0.3, 0.7, 0.7)},
+    ],
+  ]
+  targets = reference.finding_targets(findings, len(FINDING_INDEX))
+  assert targets.sum(1).tolist() == [1.0, 0.0, 2.0] and targets[2, 2] == targets[2, 4] == 1.0
+  phrases = reference.finding_phrases(findings)
+  assert [(p.row, p.finding, len(p.boxes)) for p in phrases] == [
+    (0, "nodule", 1),
+    (2, "pleural_effusion", 2),
+    (2, "cardiomegaly", 1),
+  ]
+  reference.main(
+    [
+      "--config_arg",
+      "tiny",
+      "--steps",
+      "3",
+      "--num_train",
+      "32",
+      "--num_eval",
+      "16",
+      "--batch_size",
+      "8",
+    ]  # fmt: skip
+  )
+  out = capsys.readouterr().out
+  game = re.search(r"CAM pointing game on the (\d+)x\1 grid: ([\d.]+) .*\(ceiling ([\d.]+)\)", out)
+  assert game and 0 <= float(game.group(2)) <= 1 and 0 < float(game.group(3)) <= 1
+  aucs = [
+    float(v) for v in re.findall(r" (\d\.\d\d)", out.split("AUC per kind:")[1].splitlines()[0])
+  ]
+  assert aucs and all(0 <= a <= 1 for a in aucs)

@@ -704,3 +704,66 @@ def test_square_conv_as_a_matmul_equals_flax_conv(kernel, stride, size):
     for a, b in zip(grad(params, x, conv), grad(params, x, reference), strict=True):
       for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+
+
+def test_local_norm_puts_regions_and_words_on_a_sphere_and_leaves_the_rest():
+  """model.local_norm = s: the same parameters give regions and words of norm sqrt(s) in the raw
+  features' directions; global and sentence vectors unchanged; a bad value names its key."""
+  raw, normed = build_model(tiny_config()), build_model(tiny_config(local_norm=9.0))
+  variables = init_variables(raw, jax.random.key(0), TINY_IMAGE_SIZE, TINY_TEXT_LENGTH)
+  images = jax.random.normal(jax.random.key(1), (2, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 1))
+  tokens = jnp.asarray(make_tokens([5, 12], TINY_TEXT_LENGTH))
+  a = raw.apply(variables, images, tokens, train=False)
+  b = normed.apply(variables, images, tokens, train=False)
+  for name in ("regions", "words"):
+    x, y = np.asarray(getattr(a, name)), np.asarray(getattr(b, name))
+    nonzero = np.linalg.norm(x, axis=-1) > 0  # a zero feature (a dead ReLU cell) stays zero
+    assert nonzero.mean() > 0.5
+    np.testing.assert_allclose(np.linalg.norm(y, axis=-1)[nonzero], 3.0, rtol=1e-5)
+    unit = x[nonzero] / np.linalg.norm(x[nonzero], axis=-1, keepdims=True)
+    np.testing.assert_allclose(y[nonzero], 3.0 * unit, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(y[~nonzero], 0.0)
+  np.testing.assert_array_equal(a.image_global, b.image_global)
+  np.testing.assert_array_equal(a.sentence, b.sentence)
+  text = normed.apply(variables, tokens, train=False, method=normed.encode_text)
+  np.testing.assert_array_equal(text.words, b.words)
+  with pytest.raises(ValueError, match="model.local_norm"):
+    build_model(tiny_config(local_norm=-1.0))
+
+
+def test_region_mean_global_and_word_mean_sentence_are_the_means_of_the_local_features():
+  """global_pooling="region_mean": the global vector is the mean of the region vectors and no stage
+  after the region stage is built; sentence_pooling="word_mean": the sentence vector is the masked
+  mean of the word vectors (PAD words excluded). So the sentence score is built from the local
+  features themselves."""
+  model = build_model(
+    tiny_config(image__global_pooling="region_mean", text__sentence_pooling="word_mean")
+  )
+  variables = init_variables(model, jax.random.key(0), TINY_IMAGE_SIZE, TINY_TEXT_LENGTH)
+  assert sorted(k for k in variables["params"]["image"] if k.startswith("stage")) == [
+    "stage0_attention",
+    "stage0_block0",
+    "stage1_attention",
+    "stage1_block0",
+  ]  # the tiny tower's 3 stages, regions from stage 1 (-2): stage 2 is not built
+  assert "global_head" not in variables["params"]["image"]
+  images = jax.random.normal(jax.random.key(1), (2, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 1))
+  lengths = [5, 12]
+  tokens = jnp.asarray(make_tokens(lengths, TINY_TEXT_LENGTH))
+  out = model.apply(variables, images, tokens, train=False)
+  np.testing.assert_allclose(out.image_global, np.asarray(out.regions).mean((1, 2)), rtol=1e-5)
+  for row, length in enumerate(lengths):  # alignment words: positions 1 .. length - 1 (EOS incl.)
+    words = np.asarray(out.words[row, : length - 1])
+    np.testing.assert_allclose(out.sentence[row], words.mean(0), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="global_pooling must be one of"):
+    abstract_variables(
+      build_model(tiny_config(image__global_pooling="max")), TINY_IMAGE_SIZE, TINY_TEXT_LENGTH
+    )
+
+
+def test_other_pooling_pairs_first_and_mean_only():
+  from jimte.evaluate.encode import other_pooling
+
+  for pooling, other in (("first", "mean"), ("mean", "first"), ("word_mean", None)):
+    model = build_model(tiny_config(text__sentence_pooling=pooling))
+    assert other_pooling(model) == other

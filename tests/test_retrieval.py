@@ -216,6 +216,20 @@ def test_bad_retrieval_settings_name_their_key(setting, key):
     registry.build_evaluators(config)
 
 
+def test_other_pooling_score_without_another_pooling_fails_when_built():
+  """A text tower pooling 'word_mean' has no other pooling: the retrieval entry that asks for its
+  score fails when the evaluators are built (before training), naming the key."""
+  config = tiny_config()
+  config.model.text.sentence_pooling = "word_mean"
+  config.evals = ml_collections.ConfigDict(
+    {"r": dict(type="retrieval", split="test", scores=("global", "global_other_pooling"))}
+  )
+  with pytest.raises(ValueError, match=r"config\.evals\.r\.scores.*word_mean"):
+    registry.build_evaluators(config)
+  config.evals.r.scores = ("global", "local")
+  assert [e.name for e in registry.build_evaluators(config)] == ["r"]
+
+
 def test_evaluator_scores_one_frontal_image_per_study(tokenizer, tmp_path):
   """12 images of 6 studies (pairs share a study and its report); 2 images are lateral. The
   evaluator encodes one frontal image per study and counts what it dropped."""

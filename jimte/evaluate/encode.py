@@ -26,12 +26,13 @@ OTHER_POOLING_KEY = "sentence_other_pooling"
 
 
 def other_pooling(model) -> str | None:
-  """The sentence pooling the text tower of `model` was not built with, or None where the tower
-  has no `sentence_pooling` of `jimte.models.text.SENTENCE_POOLINGS`."""
+  """The other of the text tower's "first" / "mean" sentence poolings (the same sentence head on
+  the other input), or None where the tower pools otherwise ("word_mean") or has no such field."""
   pooling = getattr(getattr(model, "text", None), "sentence_pooling", None)
-  if pooling not in SENTENCE_POOLINGS:
+  pair = ("first", "mean")  # the two that share the sentence head ("word_mean" has none)
+  if pooling not in pair or not set(pair) <= set(SENTENCE_POOLINGS):
     return None
-  return next(p for p in SENTENCE_POOLINGS if p != pooling)
+  return next(p for p in pair if p != pooling)
 
 
 def make_encode_fn(model) -> Callable:

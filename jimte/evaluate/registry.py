@@ -139,6 +139,12 @@ class RetrievalEvaluator(Evaluator):
         raise ValueError(f"{self.key}.{key}: {value!r} is not {allowed}")
     self.ks = tuple(int(k) for k in self.settings["ks"])
     self.scores = tuple(self.settings["scores"])
+    pooling = config.get("model", {}).get("text", {}).get("sentence_pooling", "first")
+    if "global_other_pooling" in self.scores and pooling not in ("first", "mean"):
+      raise ValueError(
+        f"{self.key}.scores: 'global_other_pooling' needs a text tower pooling 'first' or 'mean' "
+        f"(config.model.text.sentence_pooling is {pooling!r}, which has no other)"
+      )
     self.gammas = {g: float(config.loss[g]) for g in ("gamma1", "gamma2", "gamma3")}
     self._metadata: study_filter.StudyMetadata | None = None
     self._input_split: str | None = None

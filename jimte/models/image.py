@@ -11,6 +11,8 @@ Layout (paper sizes in brackets, for a 2048 px input):
   m in [0, 1] (`attention="sigmoid_gate"`)            [original, after the 128 and 256 stages]
 * region head: 1x1 conv to `embed_dim` on the region stage  [16 x 16 regions of dim 512, no bias]
 * global head: adaptive average pool of the last stage to 2x2, flatten, Dense to `embed_dim`
+  (`global_pooling="paper"`), or the mean of the region vectors (`"region_mean"`, no stage after
+  the region stage: the sentence score is then a sum of per-region scores, a CAM-style map)
 
 The region grid is `S / (4 * 2**k)` for an S-pixel input, k the number of halving stages up to
 and including the region stage (paper: S / 128, so 2048 px gives 16 x 16 regions).
@@ -258,6 +260,8 @@ class SigmoidGateAttention(nn.Module):
 
 # The soft-attention blocks by config name (`model.image.attention`).
 ATTENTION_BLOCKS = ("original", "sigmoid_gate")
+# How the global image vector is made (`model.image.global_pooling`).
+GLOBAL_POOLINGS = ("paper", "region_mean")
 # Initialisation of the region and global heads (`model.image.weight_init`): Flax's LeCun normal
 # ("lecun"), or the release's ("original": Kaiming normal on fan-out for the region conv, PyTorch's
 # default uniform +-1/sqrt(fan_in) for the global Linear and for any bias).
@@ -284,6 +288,8 @@ class JoImTeRNetResNet(nn.Module):
           the end (paper: -3 and -2, the 128 and 256 stages).
       region_stage: stage index whose (attended) output gives the region grid (paper: -2).
       global_pool_size: side of the adaptive pooling before the global Dense (paper: 2).
+      global_pooling: "paper" (the global head above) or "region_mean" (the global vector is the
+          mean of the region vectors; the stages after the region stage are not built).
       attention: soft-attention block, one of `ATTENTION_BLOCKS`: "original" (the release's
           `SpatialSoftmaxAttention`, paper) or "sigmoid_gate" (`SigmoidGateAttention`).
       attention_heads: heads of the "original" block (paper: 16).
@@ -312,6 +318,7 @@ class JoImTeRNetResNet(nn.Module):
   attention_stages: Sequence[int] = (-3, -2)
   region_stage: int = -2
   global_pool_size: int = 2
+  global_pooling: str = "paper"
   attention: str = "original"
   attention_heads: int = 16
   attention_scale_init: float | None = None
@@ -373,6 +380,10 @@ class JoImTeRNetResNet(nn.Module):
       raise ValueError(f"attention must be one of {ATTENTION_BLOCKS}, got {self.attention!r}")
     if self.weight_init not in IMAGE_INITS:
       raise ValueError(f"weight_init must be one of {IMAGE_INITS}, got {self.weight_init!r}")
+    if self.global_pooling not in GLOBAL_POOLINGS:
+      raise ValueError(
+        f"global_pooling must be one of {GLOBAL_POOLINGS}, got {self.global_pooling!r}"
+      )
     attention_stages = {self._stage_index(i) for i in self.attention_stages}
     region_stage = self._stage_index(self.region_stage)
 
@@ -401,7 +412,8 @@ class JoImTeRNetResNet(nn.Module):
     block_cls = nn.remat(BasicBlock, static_argnums=(2,)) if self.remat else BasicBlock
     attention_maps = {}
     regions = None
-    for stage, width in enumerate(self.widths):
+    last_stage = region_stage if self.global_pooling == "region_mean" else len(self.widths) - 1
+    for stage, width in enumerate(self.widths[: last_stage + 1]):
       for block in range(self.blocks_per_stage):
         stride = 1
         if block == 0:
@@ -429,15 +441,18 @@ class JoImTeRNetResNet(nn.Module):
           **self._head_inits(x.shape[-1], conv_kernel_init),
         )(x)
 
-    pooled = adaptive_avg_pool(x, self.global_pool_size)
-    pooled = pooled.reshape(pooled.shape[0], -1)
-    global_emb = nn.Dense(
-      self.embed_dim,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="global_head",
-      **self._head_inits(pooled.shape[-1], torch_default_kernel_init),
-    )(pooled)
+    if self.global_pooling == "region_mean":
+      global_emb = jnp.mean(regions.astype(jnp.float32), axis=(1, 2))
+    else:
+      pooled = adaptive_avg_pool(x, self.global_pool_size)
+      pooled = pooled.reshape(pooled.shape[0], -1)
+      global_emb = nn.Dense(
+        self.embed_dim,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="global_head",
+        **self._head_inits(pooled.shape[-1], torch_default_kernel_init),
+      )(pooled)
     anatomy = None
     if self.anatomy_head:
       if boxes is None:

@@ -4,6 +4,8 @@ Model config (an `ml_collections.ConfigDict`; see `paper_model_config` and
 `small_model_config`):
 
   embed_dim           int    dimension D shared by regions, global image vector, words, sentence
+  local_norm          float  0 (paper): raw region and word features; s > 0: both L2-normalised to
+                             norm sqrt(s), so the region-word attention's logits are s * cosine
   dtype               str    compute dtype, "float32" or "bfloat16" (parameters are always float32)
   remat               bool   recompute image blocks / text layers in the backward pass
   image.name          str    image tower in `IMAGE_TOWERS` ("joimternet_resnet")
@@ -14,6 +16,8 @@ Model config (an `ml_collections.ConfigDict`; see `paper_model_config` and
   image.attention_stages tuple  stage indices followed by soft attention, negatives from the end
   image.region_stage  int    stage whose grid gives the regions (paper: -2 -> S / 128 regions)
   image.global_pool_size int side of the adaptive pool before the global head (paper: 2)
+  image.global_pooling str   "paper" (that head on the last stage) or "region_mean" (the mean of the
+                             region vectors; no stage after the region stage)
   image.attention     str    soft-attention block: "original" (paper: 16 heads, softmax over space,
                              `x + scale * x * m`) or "sigmoid_gate" (`x * (1 + m)`)
   image.attention_heads int  heads of the original block (paper: 16)
@@ -33,7 +37,8 @@ Model config (an `ml_collections.ConfigDict`; see `paper_model_config` and
   text.mlm_head       str    "untied" (paper: V - 1 outputs, no [MASK]) or "tied" (embedding.T)
   text.num_layers, text.num_heads, text.width, text.mlp_dim   Transformer shape (paper 3/8/512/2048)
   text.dropout, text.attention_dropout   float   dropout rates (paper 0.1)
-  text.sentence_pooling str  "first" (paper) or "mean" (masked mean over the alignment words)
+  text.sentence_pooling str  "first" (paper), "mean" (the head on the masked mean of the alignment
+                             words' states) or "word_mean" (the mean of the word vectors, no head)
   text.weight_init    str    "original" (paper: normal 0.02 in the encoder, PyTorch's default
                              uniform on the word, sentence and MLM heads) or "bert" (truncated 0.02)
   text.frozen_pad_row bool   PAD row zero and never updated, `nn.Embedding(padding_idx=0)` (paper)
@@ -97,6 +102,16 @@ class JoImTeRNet(nn.Module):
 
   image: nn.Module
   text: nn.Module
+  local_norm: float = 0.0  # > 0: regions and words L2-normalised to norm sqrt(local_norm)
+
+  def _local(self, features: jax.Array) -> jax.Array:
+    """Region or word features as the region-word objective sees them: raw (local_norm = 0, the
+    contract), or on the sphere of radius sqrt(local_norm), so that the word softmax's logits
+    are local_norm * cosine and cannot saturate (docs/ablations.md)."""
+    if not self.local_norm:
+      return features
+    norm = jnp.sqrt(jnp.sum(jnp.square(features), axis=-1, keepdims=True))
+    return features * (float(self.local_norm) ** 0.5 / jnp.maximum(norm, 1e-6))
 
   @property
   def mlm_excluded_id(self) -> int | None:
@@ -108,13 +123,13 @@ class JoImTeRNet(nn.Module):
   ) -> ImageOutput:
     """Images float32 [B, S, S, 1] in [-1, 1] -> global embedding, regions, attention maps (and
     the embeddings of the anatomical `boxes` [B, K, 4] for towers with an anatomy head)."""
-    if boxes is None:
-      return self.image(images, train)
-    return self.image(images, train, boxes)
+    out = self.image(images, train) if boxes is None else self.image(images, train, boxes)
+    return out.replace(regions=self._local(out.regions)) if self.local_norm else out
 
   def encode_text(self, tokens: jax.Array, train: bool) -> TextOutput:
     """Tokens int32 [B, L] -> sentence, words, word mask, hidden states."""
-    return self.text(tokens, train)
+    out = self.text(tokens, train)
+    return out.replace(words=self._local(out.words)) if self.local_norm else out
 
   def mlm_logits(self, tokens: jax.Array, train: bool) -> jax.Array:
     """Masked tokens int32 [B, L] -> float32 MLM logits [B, L, C] (text tower only): C = V - 1
@@ -154,6 +169,7 @@ def _build_joimternet_resnet(
     attention_stages=tuple(config.attention_stages),
     region_stage=config.region_stage,
     global_pool_size=config.get("global_pool_size", 2),
+    global_pooling=config.get("global_pooling", "paper"),
     attention=config.get("attention", "original"),
     attention_heads=config.get("attention_heads", 16),
     attention_scale_init=config.get("attention_scale_init"),
@@ -215,9 +231,13 @@ def build_model(model_config: ml_collections.ConfigDict) -> JoImTeRNet:
     IMAGE_TOWERS, model_config.image.get("name", "joimternet_resnet"), "image"
   )
   text_builder = _lookup(TEXT_TOWERS, model_config.text.get("name", "bert"), "text")
+  local_norm = model_config.get("local_norm", 0.0)
+  if isinstance(local_norm, bool) or not isinstance(local_norm, (int, float)) or local_norm < 0:
+    raise ValueError(f"model.local_norm: {local_norm!r} must be a number >= 0")
   return JoImTeRNet(
     image=image_builder(model_config.image, model_config.embed_dim, dtype, remat),
     text=text_builder(model_config.text, model_config.embed_dim, dtype, remat),
+    local_norm=float(local_norm),
   )
 
 
@@ -255,6 +275,7 @@ def paper_model_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
     dict(
       embed_dim=512,
+      local_norm=0.0,
       dtype="float32",
       remat=False,
       image=dict(
@@ -266,6 +287,7 @@ def paper_model_config() -> ml_collections.ConfigDict:
         attention_stages=(-3, -2),
         region_stage=-2,
         global_pool_size=2,
+        global_pooling="paper",
         attention="original",
         attention_heads=16,
         attention_scale_init=None,

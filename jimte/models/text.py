@@ -33,7 +33,7 @@ PAD_ID = 0
 # The `[MASK]` id of the token layout (docs/contracts.md, `data_pipeline.tokenizer.MASK_ID`): the
 # one id an MLM target never is, so the untied head leaves it out.
 MASK_ID = 4
-SENTENCE_POOLINGS = ("first", "mean")
+SENTENCE_POOLINGS = ("first", "mean", "word_mean")
 MLM_HEADS = ("tied", "untied")
 # "bert": truncated normal 0.02 on every layer; "original": the release's (see `BertTextEncoder`).
 TEXT_INITS = ("bert", "original")
@@ -51,6 +51,13 @@ def zero_row_init(init: nn.initializers.Initializer, row: int) -> nn.initializer
     return init(key, shape, dtype).at[row].set(0)
 
   return initialise
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Float32 mean of x [B, T, C] over the positions where mask [B, T]."""
+  weights = mask.astype(jnp.float32)[..., None]
+  total = jnp.sum(x.astype(jnp.float32) * weights, axis=1)
+  return total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
 
 @flax.struct.dataclass
@@ -158,7 +165,9 @@ class BertTextEncoder(nn.Module):
       sentence_pooling: "first": the sentence head reads the first token ([BOS], playing [CLS]);
           "mean": it reads the masked mean of the final states over the alignment words, i.e.
           positions 1..L-1 that are not PAD (the first token excluded, [EOS] included), so the
-          sentence vector pools exactly the positions the word features cover.
+          sentence vector pools exactly the positions the word features cover; "word_mean": no
+          sentence head, the sentence vector is the masked mean of the word vectors themselves
+          (so that the sentence score is a sum of region-word scores; docs/ablations.md).
       dtype: compute dtype (e.g. bfloat16); parameters stay in `param_dtype`.
       param_dtype: parameter dtype (float32).
       remat: recompute each Transformer layer in the backward pass.
@@ -322,14 +331,15 @@ class BertTextEncoder(nn.Module):
     """Encodes tokens [B, L] (`[BOS] w1 .. wn [EOS] [PAD]..`) into a `TextOutput`."""
     hidden = self.encode(tokens, train)
     word_mask = tokens[:, 1:] != PAD_ID
-    if self.sentence_pooling == "first":
-      pooled = hidden[:, 0]
-    else:
-      weights = word_mask.astype(jnp.float32)[..., None]
-      total = jnp.sum(hidden[:, 1:].astype(jnp.float32) * weights, axis=1)
-      pooled = (total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)).astype(self.dtype)
-    sentence = self.sentence_head(pooled)
     words = self.word_head(hidden[:, 1:])
+    if self.sentence_pooling == "first":
+      sentence = self.sentence_head(hidden[:, 0])
+    elif self.sentence_pooling == "mean":
+      sentence = self.sentence_head(_masked_mean(hidden[:, 1:], word_mask).astype(self.dtype))
+    else:  # "word_mean"
+      sentence = _masked_mean(words, word_mask)
+      if self.is_initializing():  # the tree keeps its sentence head (unused), like every pooling's
+        self.sentence_head(hidden[:, 0])
     if self.is_initializing():
       # Create the MLM head's parameters too, so that one `init` call covers the tower.
       self.mlm_logits_from_hidden(hidden)
