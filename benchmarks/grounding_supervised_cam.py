@@ -62,6 +62,7 @@ def main(argv=None) -> None:
   parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
   parser.add_argument("--region_stage", type=int, default=-2)
   parser.add_argument("--learning_rate", type=float, default=1e-3)
+  parser.add_argument("--warmup_steps", type=int, default=0, help="0: a tenth of the steps")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
 
@@ -115,7 +116,7 @@ def main(argv=None) -> None:
   model = Classifier(tower)
   variables = model.init(jax.random.key(args.seed), x_train[:2], False)
   params, batch_stats = variables["params"], variables["batch_stats"]
-  warmup = max(1, args.steps // 10)
+  warmup = args.warmup_steps or max(1, args.steps // 10)
   schedule = optax.warmup_cosine_decay_schedule(0.0, args.learning_rate, warmup, args.steps)
   optimizer = optax.adamw(schedule, weight_decay=1e-4)
   opt_state = optimizer.init(params)
