@@ -158,12 +158,7 @@ def main(argv=None) -> None:
   )["CAM"]
   h, w = regions.shape[1:3]
   masks = [maps.box_mask(p.boxes, size, size) for p in phrases]
-  oracle = np.mean(
-    [
-      grounding.pointing_hit(maps.grid_to_pixels(grounding.box_coverage(m, h, w), size, size), m)
-      for m in masks
-    ]
-  )
+  oracle = grounding.oracle_pointing_game(masks, h, w)
   names = sorted(games.keys() - {"all"})
   print(
     "held-out AUC per kind: "

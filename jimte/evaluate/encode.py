@@ -14,12 +14,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jimte.anatomy.pooling import pool_boxes
-from jimte.models.text import SENTENCE_POOLINGS
+from jimte.models.text import other_head_pooling
 
 ENCODED_KEYS = ("image_global", "regions", "sentence", "words", "word_mask")
 # Anatomy entries of a batch kept beside the embeddings when present (jimte/anatomy/table.py).
 ANATOMY_KEYS = ("region_codes", "region_text_ids")
-# The text tower's sentence vector under its other pooling (jimte.models.text.SENTENCE_POOLINGS),
+# The text tower's sentence vector under its other pooling (jimte.models.text.HEAD_POOLINGS),
 # with the same parameters: the original release offers both (`pool='cls'` or `'avg'`, one
 # `sent_fc`), and its retrieval notebook scores the one its checkpoint was not trained with.
 OTHER_POOLING_KEY = "sentence_other_pooling"
@@ -28,11 +28,7 @@ OTHER_POOLING_KEY = "sentence_other_pooling"
 def other_pooling(model) -> str | None:
   """The other of the text tower's "first" / "mean" sentence poolings (the same sentence head on
   the other input), or None where the tower pools otherwise ("word_mean") or has no such field."""
-  pooling = getattr(getattr(model, "text", None), "sentence_pooling", None)
-  pair = ("first", "mean")  # the two that share the sentence head ("word_mean" has none)
-  if pooling not in pair or not set(pair) <= set(SENTENCE_POOLINGS):
-    return None
-  return next(p for p in pair if p != pooling)
+  return other_head_pooling(getattr(getattr(model, "text", None), "sentence_pooling", None))
 
 
 def make_encode_fn(model) -> Callable:

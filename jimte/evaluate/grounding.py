@@ -174,6 +174,15 @@ def box_coverage(inside: np.ndarray, h: int, w: int) -> np.ndarray:
   return sums / (np.diff(rows)[:, None] * np.diff(cols)[None, :])
 
 
+def oracle_pointing_game(masks: Sequence[np.ndarray], h: int, w: int) -> float:
+  """The best pointing game any map on an h x w grid reaches over these box masks: each cell's
+  share of box pixels, brought to pixels as the model's maps are (a box holding no cell centre is
+  missed by any map)."""
+  coverage = np.stack([box_coverage(m, h, w) for m in masks])
+  oracle = maps.grid_to_pixels(coverage, *masks[0].shape)
+  return float(np.mean([pointing_hit(o, m) for o, m in zip(oracle, masks, strict=True)]))
+
+
 def pointing_hit(heat: np.ndarray, inside: np.ndarray) -> float:
   """1.0 if the (first) maximum of `heat` lies inside the mask, else 0.0."""
   return float(inside.ravel()[int(np.argmax(heat))])
@@ -224,10 +233,7 @@ def evaluate(
   results["chance_pointing_game"] = float(np.mean([m.mean() for m in masks]))
   # The best any map on the model's grid can do: each cell's share of box pixels, upsampled.
   h, w = grids[MAP_KINDS[0]].shape[-2:]
-  oracle = maps.grid_to_pixels(np.stack([box_coverage(m, h, w) for m in masks]), *masks[0].shape)
-  results["oracle/pointing_game"] = float(
-    np.mean([pointing_hit(o, m) for o, m in zip(oracle, masks, strict=True)])
-  )
+  results["oracle/pointing_game"] = oracle_pointing_game(masks, h, w)
   names = sorted({p.finding for p in phrases})
   for name in names:
     results[f"num_phrases/{name}"] = float(sum(p.finding == name for p in phrases))

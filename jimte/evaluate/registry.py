@@ -25,6 +25,7 @@ import numpy as np
 from data_pipeline.input import study_filter
 from jimte import multihost
 from jimte.evaluate import anatomy_retrieval, attention_png, encode, grounding, retrieval
+from jimte.models.text import other_head_pooling
 
 log = logging.getLogger("jimte.evaluate")
 
@@ -140,7 +141,7 @@ class RetrievalEvaluator(Evaluator):
     self.ks = tuple(int(k) for k in self.settings["ks"])
     self.scores = tuple(self.settings["scores"])
     pooling = config.get("model", {}).get("text", {}).get("sentence_pooling", "first")
-    if "global_other_pooling" in self.scores and pooling not in ("first", "mean"):
+    if "global_other_pooling" in self.scores and other_head_pooling(pooling) is None:
       raise ValueError(
         f"{self.key}.scores: 'global_other_pooling' needs a text tower pooling 'first' or 'mean' "
         f"(config.model.text.sentence_pooling is {pooling!r}, which has no other)"

@@ -107,7 +107,7 @@ class JoImTeRNet(nn.Module):
   def _local(self, features: jax.Array) -> jax.Array:
     """Region or word features as the region-word objective sees them: raw (local_norm = 0, the
     contract), or on the sphere of radius sqrt(local_norm), so that the word softmax's logits
-    are local_norm * cosine and cannot saturate (docs/ablations.md)."""
+    are local_norm * cosine, bounded by +-local_norm (raw ones reached +-300; docs/ablations.md)."""
     if not self.local_norm:
       return features
     norm = jnp.sqrt(jnp.sum(jnp.square(features), axis=-1, keepdims=True))

@@ -34,6 +34,18 @@ PAD_ID = 0
 # one id an MLM target never is, so the untied head leaves it out.
 MASK_ID = 4
 SENTENCE_POOLINGS = ("first", "mean", "word_mean")
+# The two poolings that feed the same sentence head (the original offers both, `pool='cls'|'avg'`).
+HEAD_POOLINGS = ("first", "mean")
+
+
+def other_head_pooling(pooling: str) -> str | None:
+  """The other of `HEAD_POOLINGS` (the same sentence head on the other input), or None for a
+  pooling without a sentence head ("word_mean")."""
+  if pooling not in HEAD_POOLINGS:
+    return None
+  return next(p for p in HEAD_POOLINGS if p != pooling)
+
+
 MLM_HEADS = ("tied", "untied")
 # "bert": truncated normal 0.02 on every layer; "original": the release's (see `BertTextEncoder`).
 TEXT_INITS = ("bert", "original")
