@@ -10,7 +10,10 @@ step's matmuls and convolutions (`_flops`) and the model FLOPs utilisation (MFU)
 peak measured in the same run;
 then the roofline of the high-resolution early image stages (stem and the first stages, forward and
 backward): the bytes XLA says they move over the copy bandwidth measured in the same run, their
-FLOPs over the peak, and their measured time. `--flops_only` counts the steps' FLOPs and runs
+FLOPs over the peak, and their measured time; and the image-text step's floor on this machine
+(`itm_floor_s`: the early stages at their bandwidth floor, every other FLOP at the peak: the bound
+for XLA's fusions of those stages; `itm_compute_floor_s`: every FLOP at the peak, the bound for
+any change that keeps the maths). `--flops_only` counts the steps' FLOPs and runs
 nothing (to count, on a small machine, those of a size timed elsewhere). Numbers, not pass/fail.
 """
 
@@ -274,6 +277,24 @@ def bench_early_stages(
   }
 
 
+def itm_floor(results: dict[str, float], peak_flops: float) -> dict[str, float]:
+  """The fastest this machine could run the same image-text step: the early stages at their
+  bandwidth floor and every other FLOP of the step at the matmul peak (a bound, not a forecast:
+  the early stages' bytes are those of XLA's current fusions)."""
+  peak_flops = peak_flops * jax.device_count()
+  rest_flops = (results["itm_gflop"] - results["early_gflop"]) * 1e9
+  floor = results["early_bandwidth_floor_s"] + rest_flops / peak_flops
+  return {
+    # Every FLOP at the peak: no faster with any layout or fusion.
+    "itm_compute_floor_s": results["itm_gflop"] * 1e9 / peak_flops,
+    "itm_floor_s": floor,
+    # The MFU the step would need to run at this floor; measured MFU over it is the share of the
+    # bound reached.
+    "itm_floor_mfu_pct": 100.0 * results["itm_gflop"] * 1e9 / floor / peak_flops,
+    "itm_share_of_floor_pct": 100.0 * floor / results["itm_step_s"],
+  }
+
+
 def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
   """Bytes/s of a jitted elementwise pass over a float32 array (read once, written once)."""
   x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
@@ -381,6 +402,7 @@ def main(argv=None) -> None:
         results["early_share_of_itm_pct"] = (
           100.0 * results["early_measured_s"] / results["itm_step_s"]
         )
+        results.update(itm_floor(results, peak))
       for key, value in results.items():
         print(f"  {key:32s} {value:12.4f}", flush=True)
 

@@ -17,6 +17,9 @@ Numbers, not pass/fail.
 from __future__ import annotations
 
 import argparse
+import ast
+import hashlib
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -64,10 +67,26 @@ def main(argv=None) -> None:
   parser.add_argument("--learning_rate", type=float, default=1e-3)
   parser.add_argument("--warmup_steps", type=int, default=0, help="0: a tenth of the steps")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+    "--pooling",
+    choices=["mean", "lse"],
+    default="mean",
+    help="image logit from the cells' logits: their mean (CAM) or a log-mean-exp (MIL-style)",
+  )
+  parser.add_argument("--lse_sharpness", type=float, default=5.0, help="r of --pooling lse")
+  parser.add_argument("--cache_dir", default="", help="keep the drawn phantoms here between runs")
+  parser.add_argument(
+    "--image",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a field of config.model.image (a Python literal), e.g. blocks_per_stage=1",
+  )
   args = parser.parse_args(argv)
 
   import flax.linen as nn
   import jax
+  import jax.numpy as jnp
   import optax
 
   from benchmarks.grounding_diagnosis import auc, pointing_games
@@ -86,8 +105,24 @@ def main(argv=None) -> None:
     raise ValueError("the reference draws phantoms at the model's input size (phantom_size)")
   phantom_config = data_lib.phantom_config(config.data)
   start = time.perf_counter()
-  train = phantoms.generate_split(args.num_train, split="train", seed=0, config=phantom_config)
-  test = phantoms.generate_split(num_eval, split="test", seed=0, config=phantom_config)
+
+  def split(num: int, name: str) -> dict:
+    """The phantoms of a split, drawn or read back from `--cache_dir` (drawn at this config)."""
+    path = None
+    if args.cache_dir:
+      key = hashlib.sha256(repr((num, name, size, phantom_config)).encode()).hexdigest()[:16]
+      path = Path(args.cache_dir) / f"phantoms_{name}_{num}_{key}.pkl"
+      if path.exists():
+        with path.open("rb") as f:
+          return pickle.load(f)
+    drawn = phantoms.generate_split(num, split=name, seed=0, config=phantom_config)
+    if path is not None:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      with path.open("wb") as f:
+        pickle.dump(drawn, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return drawn
+
+  train, test = split(args.num_train, "train"), split(num_eval, "test")
   print(
     f"{args.num_train} + {num_eval} phantoms at {size} px in {time.perf_counter() - start:.0f} s"
   )
@@ -102,6 +137,11 @@ def main(argv=None) -> None:
   model_config = config.model.copy_and_resolve_references()
   model_config.image.global_pooling = "region_mean"
   model_config.image.region_stage = args.region_stage
+  for override in args.image:
+    key, sep, value = override.partition("=")
+    if not sep or key not in model_config.image:
+      raise ValueError(f"--image {override!r}: expected KEY=VALUE, KEY a field of model.image")
+    model_config.image[key] = ast.literal_eval(value)
   model_config.text.vocab_size = 16  # the text tower is built and never run
   tower = joimternet.build_model(model_config).image
 
@@ -111,7 +151,14 @@ def main(argv=None) -> None:
     @nn.compact
     def __call__(self, images, train: bool):
       out = self.tower(images, train)
-      return nn.Dense(kinds, name="head")(out.global_emb), out.regions
+      cell_logits = nn.Dense(kinds, name="head")(out.regions)  # [B, H, W, kinds]: the CAMs
+      flat = cell_logits.reshape(cell_logits.shape[0], -1, kinds)
+      if args.pooling == "mean":  # = the head on the global vector (the mean of the regions)
+        return jnp.mean(flat, axis=1), out.regions
+      # Log-mean-exp with sharpness r: the mean at r -> 0, the maximum at r -> infinity.
+      r = args.lse_sharpness
+      pooled = (jax.nn.logsumexp(r * flat, axis=1) - jnp.log(flat.shape[1])) / r
+      return pooled, out.regions
 
   model = Classifier(tower)
   variables = model.init(jax.random.key(args.seed), x_train[:2], False)

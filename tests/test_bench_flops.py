@@ -78,3 +78,16 @@ def test_shard_map_counts_every_shard():
   x = jax.ShapeDtypeStruct((8, 3), jnp.float32)
   # One device: the shard is the whole array.
   assert _flops.model_flops(fn, x) == 2 * 8 * 3 * 8
+
+
+def test_step_floor_arithmetic():
+  """The image-text step's floors from the parts the benchmark measures: 100 GFLOP at a
+  200 GFLOP/s peak is 0.5 s; with 20 of them in early stages whose bytes take 0.3 s, 0.7 s."""
+  from benchmarks.bench_train_step import itm_floor
+
+  parts = {"itm_gflop": 100.0, "early_gflop": 20.0, "early_bandwidth_floor_s": 0.3}
+  floors = itm_floor({**parts, "itm_step_s": 1.4}, 200e9 / jax.device_count())
+  assert floors["itm_compute_floor_s"] == pytest.approx(0.5)
+  assert floors["itm_floor_s"] == pytest.approx(0.7)
+  assert floors["itm_floor_mfu_pct"] == pytest.approx(100.0 * 0.5 / 0.7)
+  assert floors["itm_share_of_floor_pct"] == pytest.approx(50.0)
