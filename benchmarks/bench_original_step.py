@@ -31,7 +31,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.param_counts import DEFAULT_ORIGINAL_REPO, ORIGINAL_VOCAB_SIZE
+from benchmarks.param_counts import (
+  DEFAULT_ORIGINAL_REPO,
+  ORIGINAL_VOCAB_SIZE,
+  original_bert_config,
+)
 
 # The release's files the step needs, and where each goes in the temporary folder.
 SOURCES = {
@@ -59,7 +63,6 @@ def time_original(repo: str, sizes: list[int], batch: int, length: int, repeats:
   """Best seconds of the release's image-text step per input size (needs torch, transformers)."""
   import numpy as np
   import torch
-  from transformers import BertConfig
 
   with tempfile.TemporaryDirectory() as folder:
     export_sources(repo, Path(folder))
@@ -71,20 +74,10 @@ def time_original(repo: str, sizes: list[int], batch: int, length: int, repeats:
 
   cfg = Config()
   losses.cfg.CUDA = False  # the release's config asks for CUDA; this is the CPU timing
-  bert_config = BertConfig(  # as JoImTeR/trainer_pretrain.py builds it
-    vocab_size=ORIGINAL_VOCAB_SIZE,
-    hidden_size=512,
-    num_hidden_layers=3,
-    num_attention_heads=8,
-    intermediate_size=2048,
-    hidden_act="gelu",
+  bert_config = original_bert_config(
+    ORIGINAL_VOCAB_SIZE,
     hidden_dropout_prob=cfg.hidden_dropout_prob,
     attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
-    max_position_embeddings=512,
-    layer_norm_eps=1e-12,
-    initializer_range=0.02,
-    type_vocab_size=2,
-    pad_token_id=0,
   )
   torch.manual_seed(0)
   image_encoder = model_img.ImageEncoder(output_channels=cfg.hidden_dim).train()

@@ -67,18 +67,12 @@ def export_original_sources(repo: str, folder: Path) -> None:
     (folder / Path(path).name).write_text(result.stdout)
 
 
-def original(repo: str, vocab_size: int) -> dict[str, dict[str, int]]:
-  """Per tower: total and per child module, of the release's encoders (needs torch)."""
+def original_bert_config(vocab_size: int, **dropouts):
+  """The release's BERT config, as JoImTeR/trainer_pretrain.py builds it (needs transformers);
+  `dropouts`: its `hidden_dropout_prob` / `attention_probs_dropout_prob` from its config."""
   from transformers import BertConfig
 
-  with tempfile.TemporaryDirectory() as folder:
-    export_original_sources(repo, Path(folder))
-    sys.path.insert(0, folder)
-    import model_img
-    import model_txt
-
-    sys.path.remove(folder)
-  bert_config = BertConfig(  # as JoImTeR/trainer_pretrain.py builds it
+  return BertConfig(
     vocab_size=vocab_size,
     hidden_size=512,
     num_hidden_layers=3,
@@ -90,7 +84,20 @@ def original(repo: str, vocab_size: int) -> dict[str, dict[str, int]]:
     initializer_range=0.02,
     type_vocab_size=2,
     pad_token_id=0,
+    **dropouts,
   )
+
+
+def original(repo: str, vocab_size: int) -> dict[str, dict[str, int]]:
+  """Per tower: total and per child module, of the release's encoders (needs torch)."""
+  with tempfile.TemporaryDirectory() as folder:
+    export_original_sources(repo, Path(folder))
+    sys.path.insert(0, folder)
+    import model_img
+    import model_txt
+
+    sys.path.remove(folder)
+  bert_config = original_bert_config(vocab_size)
   towers = {
     "image": model_img.ImageEncoder(output_channels=512),
     "text": model_txt.TextEncoder(bert_config=bert_config, output_channels=512, pool="cls"),
