@@ -15,7 +15,9 @@ batch to its longest, 160), random negatives as the trainer draws them. `class_i
 one study per row the trainer's same-class mask masks nothing, and its `np.bool` no longer exists
 in current numpy. Runs in the interpreter given by `--torch-python` (a venv with torch and
 transformers, so that torch never enters the project's), on the CPU with as many threads as
-`--threads`. Numbers, not pass/fail.
+`--threads`. Numbers, not pass/fail. That venv, once:
+
+    python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch==2.13.0 transformers
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from benchmarks.param_counts import (
   DEFAULT_ORIGINAL_REPO,
   ORIGINAL_VOCAB_SIZE,
+  export_original_sources,
   original_bert_config,
 )
 
@@ -47,25 +50,13 @@ SOURCES = {
 }
 
 
-def export_sources(repo: str, folder: Path) -> None:
-  """Writes the release's files from the git directory `repo` into `folder` (`SOURCES`)."""
-  for path, target in SOURCES.items():
-    result = subprocess.run(
-      ["git", "-C", repo, "show", f"HEAD:{path}"], capture_output=True, text=True, check=False
-    )
-    if result.returncode:
-      raise SystemExit(f"cannot read {path} from {repo}: {result.stderr.strip()}")
-    (folder / target).parent.mkdir(parents=True, exist_ok=True)
-    (folder / target).write_text(result.stdout)
-
-
 def time_original(repo: str, sizes: list[int], batch: int, length: int, repeats: int) -> dict:
   """Best seconds of the release's image-text step per input size (needs torch, transformers)."""
   import numpy as np
   import torch
 
   with tempfile.TemporaryDirectory() as folder:
-    export_sources(repo, Path(folder))
+    export_original_sources(repo, Path(folder), SOURCES)
     sys.path[:0] = [folder, str(Path(folder) / "misc")]  # `misc.*` and `GlobalAttention`
     import model_img
     import model_txt

@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -56,15 +57,21 @@ def ours(vocab_size: int) -> dict[str, dict[str, int]]:
   return counts
 
 
-def export_original_sources(repo: str, folder: Path) -> None:
-  """Writes the release's model files from the git directory `repo` into `folder`."""
-  for path in ORIGINAL_SOURCES:
+def export_original_sources(
+  repo: str, folder: Path, sources: Mapping[str, str] | None = None
+) -> None:
+  """Writes the release's files from the git directory `repo` into `folder`: `sources` maps each
+  path in the release to its path under `folder` (default: the model files, by their names)."""
+  if sources is None:
+    sources = {path: Path(path).name for path in ORIGINAL_SOURCES}
+  for path, target in sources.items():
     result = subprocess.run(
       ["git", "-C", repo, "show", f"HEAD:{path}"], capture_output=True, text=True, check=False
     )
     if result.returncode:
       raise SystemExit(f"cannot read {path} from {repo}: {result.stderr.strip()}")
-    (folder / Path(path).name).write_text(result.stdout)
+    (folder / target).parent.mkdir(parents=True, exist_ok=True)
+    (folder / target).write_text(result.stdout)
 
 
 def original_bert_config(vocab_size: int, **dropouts):
