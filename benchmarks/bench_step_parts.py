@@ -123,4 +123,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+  from jimte import hugepages
+
+  hugepages.reexec_with_hugepages()  # before any buffer: XLA:CPU step times depend on it
   main()

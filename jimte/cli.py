@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from jimte import hugepages
+
 SUBCOMMANDS = {
   "train": "train the model (python -m jimte.main flags: --config, --workdir, ...)",
   "export": "embeddings of images / reports into a Parquet export (jimte.export)",
@@ -36,6 +38,8 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+  if argv is None:  # the command line, not a caller in this process
+    hugepages.reexec_with_hugepages()
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] in ("-h", "--help"):
     print(usage())

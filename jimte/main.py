@@ -14,6 +14,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from jimte import hugepages
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
   "config", None, "Path to a config file, e.g. configs/default.py[:arg].", lock_config=True
@@ -57,6 +59,7 @@ def main(argv) -> None:
 
 def run() -> None:
   """Console entry point (`jimte-train`)."""
+  hugepages.reexec_with_hugepages()  # first: it replaces the process where it matters
   app.run(main)
 
 
