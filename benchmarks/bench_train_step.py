@@ -11,10 +11,12 @@ peak measured in the same run;
 then the roofline of the high-resolution early image stages (stem and the first stages, forward and
 backward): the bytes XLA says they move over the copy bandwidth measured in the same run, their
 FLOPs over the peak, and their measured time; and the image-text step's floor on this machine
-(`itm_floor_s`: the early stages at their bandwidth floor, every other FLOP at the peak: the bound
-for XLA's fusions of those stages; `itm_compute_floor_s`: every FLOP at the peak, the bound for
-any change that keeps the maths). `--flops_only` counts the steps' FLOPs and runs
-nothing (to count, on a small machine, those of a size timed elsewhere). Numbers, not pass/fail.
+(`itm_floor_s`: the early stages at the slower of their bandwidth and compute floors, every other
+FLOP at the peak: the bound for XLA's fusions of those stages; `itm_compute_floor_s`: every FLOP
+at the peak, the bound for any change that keeps the maths). `--flops_only` counts the steps'
+FLOPs and runs nothing (to count, on a small machine, those of a size timed elsewhere). Run as a
+program, it re-executes itself with huge pages for malloc (`jimte.hugepages`; set
+JIMTE_HUGEPAGE_MALLOC=0 to time without). Numbers, not pass/fail.
 """
 
 from __future__ import annotations
@@ -279,12 +281,14 @@ def bench_early_stages(
 
 
 def itm_floor(results: dict[str, float], peak_flops: float) -> dict[str, float]:
-  """The fastest this machine could run the same image-text step: the early stages at their
-  bandwidth floor and every other FLOP of the step at the matmul peak (a bound, not a forecast:
-  the early stages' bytes are those of XLA's current fusions)."""
+  """The fastest this machine could run the same image-text step: the early stages at the slower
+  of their bandwidth floor and their FLOPs at the matmul peak, every other FLOP of the step at the
+  peak (a bound, not a forecast: the early stages' bytes are those of XLA's current fusions)."""
   peak_flops = peak_flops * jax.device_count()
-  rest_flops = (results["itm_gflop"] - results["early_gflop"]) * 1e9
-  floor = results["early_bandwidth_floor_s"] + rest_flops / peak_flops
+  early_flops = results["early_gflop"] * 1e9
+  rest_flops = results["itm_gflop"] * 1e9 - early_flops
+  early_floor = max(results["early_bandwidth_floor_s"], early_flops / peak_flops)
+  floor = early_floor + rest_flops / peak_flops
   return {
     # Every FLOP at the peak: no faster with any layout or fusion.
     "itm_compute_floor_s": results["itm_gflop"] * 1e9 / peak_flops,

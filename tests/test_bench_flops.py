@@ -91,3 +91,8 @@ def test_step_floor_arithmetic():
   assert floors["itm_floor_s"] == pytest.approx(0.7)
   assert floors["itm_floor_mfu_pct"] == pytest.approx(100.0 * 0.5 / 0.7)
   assert floors["itm_share_of_floor_pct"] == pytest.approx(50.0)
+  # Early stages whose bytes move faster than their FLOPs run: bound by the peak instead.
+  floors = itm_floor(
+    {**parts, "early_bandwidth_floor_s": 0.01, "itm_step_s": 1.0}, 200e9 / jax.device_count()
+  )
+  assert floors["itm_floor_s"] == pytest.approx(0.5) == floors["itm_compute_floor_s"]
