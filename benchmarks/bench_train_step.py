@@ -304,7 +304,8 @@ def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
   """Bytes/s of a jitted elementwise pass over a float32 array (read once, written once).
 
   The input is donated, so the pass writes into memory it already holds: a fresh output would be
-  faulted in page by page, and that (up to 40x slower without huge pages) is not the bandwidth."""
+  faulted in page by page, and that (9 to 46 times slower here with 4 KiB pages) is not the
+  bandwidth."""
   x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
   fn = jax.jit(lambda v: v * 1.0001 + 1.0, donate_argnums=0)
   best = float("inf")
