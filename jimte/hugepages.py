@@ -9,6 +9,8 @@ the tunable makes glibc ask for 2 MiB pages (README, "The train step on this CPU
 value: only how memory is mapped. glibc reads tunables at start-up only, hence the re-exec.
 
 Set `JIMTE_HUGEPAGE_MALLOC=0` to keep the process as started (e.g. to time the difference).
+`python -m jimte.hugepages` prints the `GLIBC_TUNABLES` value a program would re-exec with (the
+current one where no re-exec applies), for scripts that start other programs (scripts/test.sh).
 """
 
 from __future__ import annotations
@@ -77,3 +79,13 @@ def reexec_with_hugepages() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def tunables_for_children(environ=os.environ) -> str:
+  """`GLIBC_TUNABLES` for processes started from here: with the tunable where it applies."""
+  current = environ.get("GLIBC_TUNABLES", "")
+  return with_hugepage_tunable(current) if needs_reexec(environ) else current
+
+
+if __name__ == "__main__":
+  print(tunables_for_children())

@@ -14,8 +14,6 @@ export JAX_COMPILATION_CACHE_DIR
 trap 'rm -rf "$JAX_COMPILATION_CACHE_DIR"' EXIT
 # 2 MiB pages for XLA's per-step buffers (jimte/hugepages.py: the programs re-exec themselves with
 # this; pytest's workers and the runs they start get it from here).
-case ":${GLIBC_TUNABLES:-}:" in
-  *:glibc.malloc.hugetlb=*) ;;
-  *) export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1" ;;
-esac
+GLIBC_TUNABLES="$(.venv/bin/python -m jimte.hugepages)"
+export GLIBC_TUNABLES
 .venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 tests "$@"

@@ -3,6 +3,7 @@ re-exec whose large malloc blocks come back as transparent huge pages."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,16 @@ def test_needs_reexec(environ, mode, glibc, expected):
   assert hugepages.needs_reexec(environ, mode=mode, glibc=glibc) is expected
 
 
+def test_children_get_the_tunable_only_where_a_reexec_would_apply(monkeypatch):
+  monkeypatch.setattr(hugepages, "thp_mode", lambda: "madvise")
+  monkeypatch.setattr(hugepages, "glibc_version", lambda: (2, 36))
+  assert hugepages.tunables_for_children({"GLIBC_TUNABLES": "a=1"}) == "a=1:glibc.malloc.hugetlb=1"
+  off = {"GLIBC_TUNABLES": "a=1", "JIMTE_HUGEPAGE_MALLOC": "0"}
+  assert hugepages.tunables_for_children(off) == "a=1"
+  monkeypatch.setattr(hugepages, "thp_mode", lambda: "always")
+  assert hugepages.tunables_for_children({}) == ""
+
+
 def test_thp_mode_reads_the_bracketed_choice(tmp_path):
   mode_file = tmp_path / "enabled"
   mode_file.write_text("always [madvise] never\n")
@@ -71,8 +82,6 @@ PROBE = textwrap.dedent(
 
 
 def run_probe(tmp_path, env_extra):
-  import os
-
   probe = tmp_path / "probe.py"
   probe.write_text(PROBE.format(repo=str(REPO)))
   env = {
