@@ -111,7 +111,7 @@ def median_step_seconds(step, state, batch, repeats: int):
 def train_steps(config):
   """(train state, its shardings, the batch sharding, {"itm": fn, "mlm": fn}) for `config`."""
   mesh = sharding.make_mesh(config.mesh)
-  model = build_model(config.model.copy_and_resolve_references())
+  model = build_model(config.model.copy_and_resolve_references(), sharding.num_batch_shards(mesh))
   optimizers = optim.make_optimizers(config.optim)
   schedule = optim.make_schedule(config.optim, 100, 1000)
   state, shardings = steps.init_train_state(config, model, optimizers, mesh, jax.random.key(0))
@@ -241,6 +241,7 @@ def early_stages_tower(config, num_stages: int) -> JoImTeRNetResNet:
     attention_stages=(),
     region_stage=-1,
     global_pool_size=1,
+    conv_kernel_grad_mb=image.get("conv_kernel_grad_mb", 0.0),
     dtype=DTYPES[config.model.dtype],
   )
 

@@ -185,7 +185,7 @@ def train_and_evaluate(
   # ---- Model, optimizers, state (created sharded), resumed from the work dir.
   model_config = config.model.copy_and_resolve_references()
   model_config.text.vocab_size = data.tokenizer.vocab_size
-  model = build_model(model_config)
+  model = build_model(model_config, sharding.num_batch_shards(mesh))
   optimizers = optim.make_optimizers(config.optim)
   schedule = optim.make_schedule(config.optim, durations.steps_per_epoch, durations.total_steps)
   state, state_shardings = init_train_state(

@@ -336,6 +336,44 @@ def check_memory_flat():
   return out
 
 
+def check_pieced_conv_grads():
+  """A conv whose kernel gradient is summed over interleaved pieces of a batch sharded over 8
+  devices: its gradients against the plain conv's on one device, and the collectives XLA put in
+  (the pieces take the same images from every device's share: no activation moves)."""
+  from jimte.models import conv_lowering
+
+  mesh = mesh_of(("data", -1), ("fsdp", 1))
+  batch_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  x = jax.random.normal(jax.random.key(0), (32, 12, 12, 3))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+  pieces = conv_lowering.kernel_grad_pieces(32, 8, 1, 2)  # 4 images per device, 2 per piece
+
+  def loss(fn):
+    return lambda x, k: jnp.sum(jnp.sin(fn(x, k)))
+
+  pieced = loss(lambda x, k: conv_lowering.conv_pieced_kernel_grad(x, k, 2, 1, pieces))
+  plain = loss(lambda x, k: conv_lowering.conv(x, k, 2, 1))
+  grad = jax.jit(
+    jax.grad(pieced, argnums=(0, 1)),
+    in_shardings=(batch_spec, replicated),
+    out_shardings=(batch_spec, replicated),
+  )
+  compiled = grad.lower(x, kernel).compile()
+  got = compiled(jax.device_put(x, batch_spec), jax.device_put(kernel, replicated))
+  want = jax.jit(jax.grad(plain, argnums=(0, 1)))(x, kernel)
+  text = compiled.as_text()
+  return dict(
+    pieces=pieces,
+    input_rel=rel(got[0], want[0]),
+    kernel_rel=rel(got[1], want[1]),
+    kernel_norm=float(jnp.linalg.norm(want[1])),
+    activation_collectives=sum(
+      text.count(op) for op in ("all-gather", "all-to-all", "collective-permute")
+    ),
+  )
+
+
 CHECKS = {name[len("check_") :]: fn for name, fn in globals().items() if name.startswith("check_")}
 
 

@@ -96,6 +96,7 @@ CORE = (
   "device_data4_fsdp2",
   "sample_negatives",
   "param_shardings",
+  "pieced_conv_grads",
 )
 EXTENDED = (
   "global_pair_negatives_no_study",
@@ -181,6 +182,15 @@ def test_params_created_sharded_follow_the_rules(core):
   assert result["image/head/kernel"]["shard"] == [256, 96]  # automatic fsdp, largest dim
   assert result["image/head/bias"]["shard"] == [96]  # small: replicated
   assert result["image/stem/kernel"]["shard"] == [7, 7, 1, 64]  # below fsdp_min_size
+
+
+def test_pieced_kernel_gradient_on_a_sharded_batch_equals_one_device_and_moves_no_activation(core):
+  result = core["pieced_conv_grads"]
+  assert result["pieces"] == 2
+  assert result["input_rel"] < TOL
+  assert result["kernel_rel"] < TOL
+  assert result["kernel_norm"] > 0.1
+  assert result["activation_collectives"] == 0
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from jimte.anatomy.pooling import pool_boxes
 from jimte.anatomy.regions import default_atlas
+from jimte.models import conv_lowering
 
 Dtype = Any
 
@@ -89,12 +90,19 @@ class SquareConv(nn.Module):
   the kernel, one matmul of the same sums: XLA:CPU's convolution is slow on tiny maps (forward and
   backward of a 3 x 3, 512 -> 512 conv on a 2 x 2 map, batch 8: 141 ms, as a matmul 7 ms), which
   the last stage of the paper's tower at 512 px is. 0 turns it off.
+
+  With `kernel_grad_budget_bytes` > 0 its kernel gradient is summed over pieces of the batch of
+  at most that many bytes of activation and output gradient per device
+  (`conv_lowering.conv_pieced_kernel_grad`: the same sums in another order, faster on XLA:CPU's
+  high-resolution stages); `batch_shards` is how many devices the batch is split over.
   """
 
   features: int
   kernel_size: int
   stride: int = 1
   matmul_max_positions: int = 4
+  kernel_grad_budget_bytes: int = 0
+  batch_shards: int = 1
   kernel_init: nn.initializers.Initializer = conv_kernel_init
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -114,7 +122,13 @@ class SquareConv(nn.Module):
         x, (k, k), (s, s), padding, dimension_numbers=numbers
       )  # [B, h, w, in * k * k], features ordered (in, kh, kw)
       return patches @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, self.features)
-    return jax.lax.conv_general_dilated(x, kernel, (s, s), padding, dimension_numbers=numbers)
+    bytes_per_image = (x[0].size + out_h * out_w * self.features) * x.dtype.itemsize
+    pieces = conv_lowering.kernel_grad_pieces(
+      x.shape[0], self.batch_shards, bytes_per_image, self.kernel_grad_budget_bytes
+    )
+    if pieces > 1:
+      return conv_lowering.conv_pieced_kernel_grad(x, kernel, s, k // 2, pieces)
+    return conv_lowering.conv(x, kernel, s, k // 2)
 
 
 class BasicBlock(nn.Module):
@@ -126,6 +140,8 @@ class BasicBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   conv_matmul_max_positions: int = 4  # `SquareConv.matmul_max_positions`
+  kernel_grad_budget_bytes: int = 0  # `SquareConv.kernel_grad_budget_bytes`
+  batch_shards: int = 1
 
   def _conv(self, kernel: int, stride: int, name: str) -> SquareConv:
     """A bias-free conv with PyTorch-style symmetric padding (kernel // 2 on each side)."""
@@ -134,6 +150,8 @@ class BasicBlock(nn.Module):
       kernel,
       stride=stride,
       matmul_max_positions=self.conv_matmul_max_positions,
+      kernel_grad_budget_bytes=self.kernel_grad_budget_bytes,
+      batch_shards=self.batch_shards,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name=name,
@@ -305,6 +323,11 @@ class JoImTeRNetResNet(nn.Module):
       remat: recompute each BasicBlock in the backward pass instead of storing activations.
       conv_matmul_max_positions: the blocks' convs on output maps of at most this many positions
           run as one matmul (`SquareConv`; the same sums, faster on XLA:CPU); 0: never.
+      conv_kernel_grad_mb: the stem's and blocks' kernel gradients summed over pieces of the
+          batch of at most this many MB (10^6 bytes) of activation and output gradient per
+          device (`SquareConv`; the same sums in another order, faster on XLA:CPU); 0: never.
+      batch_shards: how many devices the batch is split over (the pieces take the same images
+          from every device's share).
       anatomy_head: also embed anatomical boxes: the region grid pooled inside each box
           (`jimte.anatomy.pooling`), then a Dense initialised to the identity (so that a stage-2 run
           starts from the stage-1 region features), for the RRA-VL objective (docs/alc_itr.md).
@@ -326,11 +349,16 @@ class JoImTeRNetResNet(nn.Module):
   region_head_bias: bool = False
   weight_init: str = "lecun"
   bn_momentum: float = 0.9
+  conv_kernel_grad_mb: float = 0.0
+  batch_shards: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
   conv_matmul_max_positions: int = 4
   anatomy_head: bool = False
+
+  def _kernel_grad_budget_bytes(self) -> int:
+    return int(self.conv_kernel_grad_mb * 1e6)
 
   def _stage_index(self, index: int) -> int:
     """Maps a possibly negative stage index to 0..len(widths)-1, or raises."""
@@ -388,13 +416,13 @@ class JoImTeRNetResNet(nn.Module):
     region_stage = self._stage_index(self.region_stage)
 
     x = images.astype(self.dtype)
-    x = nn.Conv(
+    x = SquareConv(
       self.stem_width or self.widths[0],
-      (7, 7),
-      strides=(4, 4),
-      padding=((3, 3), (3, 3)),
-      use_bias=False,
-      kernel_init=conv_kernel_init,
+      7,
+      stride=4,
+      matmul_max_positions=0,
+      kernel_grad_budget_bytes=self._kernel_grad_budget_bytes(),
+      batch_shards=self.batch_shards,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name="stem_conv",
@@ -425,6 +453,8 @@ class JoImTeRNetResNet(nn.Module):
           dtype=self.dtype,
           param_dtype=self.param_dtype,
           conv_matmul_max_positions=self.conv_matmul_max_positions,
+          kernel_grad_budget_bytes=self._kernel_grad_budget_bytes(),
+          batch_shards=self.batch_shards,
           name=f"stage{stage}_block{block}",
         )(x, train)
       if stage in attention_stages:

@@ -1,0 +1,75 @@
+"""A convolution whose kernel gradient is summed over interleaved pieces of the batch.
+
+XLA:CPU computes a convolution's kernel gradient as one convolution over the whole batch, after
+transposing the activation and the output gradient to a batch-minor layout. On the paper tower's
+high-resolution stages (8-32 channels) that is slow and grows faster than the batch: at 1024 px,
+batch 32, the early stages' kernel gradients and their transposes took 2.4 s of the stages' 3.0 s
+(per-thunk profile, `python -m benchmarks.profile_step`, 2026-12-07). The same gradient summed over
+pieces of a few images each keeps every piece's operands in cache. Only the order of the sums
+changes: the forward pass and the input gradient are XLA's own.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  """A square NHWC / HWIO convolution with `pad` zeros on every side."""
+  return jax.lax.conv_general_dilated(
+    x, kernel, (stride, stride), [(pad, pad)] * 2, dimension_numbers=_NUMBERS
+  )
+
+
+def kernel_grad_pieces(
+  batch: int, batch_shards: int, bytes_per_image: int, budget_bytes: int
+) -> int:
+  """How many pieces to cut each device's batch into for the kernel gradient: the fewest whose
+  images (activation and output gradient, `bytes_per_image` each) fit in `budget_bytes`.
+
+  The pieces interleave the batch (piece i holds images i, i + n, ...), so that with the batch
+  split over `batch_shards` devices every piece takes the same images from every device's share
+  and none moves. 1 (no cutting) when the budget is 0, the whole share fits, or the batch does
+  not split evenly over the shards."""
+  if budget_bytes <= 0 or batch_shards <= 0 or batch % batch_shards:
+    return 1
+  local = batch // batch_shards
+  for pieces in range(1, local + 1):
+    if local % pieces == 0 and (local // pieces) * bytes_per_image <= budget_bytes:
+      return pieces
+  return local
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_pieced_kernel_grad(
+  x: jax.Array, kernel: jax.Array, stride: int, pad: int, pieces: int
+) -> jax.Array:
+  """`conv(x, kernel, stride, pad)`; its kernel gradient is the sum of `pieces` kernel gradients,
+  each over every `pieces`-th image (accumulated in float32)."""
+  return conv(x, kernel, stride, pad)
+
+
+def _forward(x, kernel, stride, pad, pieces):
+  return conv(x, kernel, stride, pad), (x, kernel)
+
+
+def _backward(stride, pad, pieces, residuals, grad):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda inputs: conv(inputs, kernel, stride, pad), x)
+  (input_grad,) = input_vjp(grad)
+  n = x.shape[0]
+  xs = x.reshape(n // pieces, pieces, *x.shape[1:])
+  grads = grad.reshape(n // pieces, pieces, *grad.shape[1:])
+  kernel_grad = jnp.zeros(kernel.shape, jnp.float32)
+  for i in range(pieces):
+    _, kernel_vjp = jax.vjp(lambda k, i=i: conv(xs[:, i], k, stride, pad), kernel)
+    kernel_grad = kernel_grad + kernel_vjp(grads[:, i])[0].astype(jnp.float32)
+  return input_grad, kernel_grad.astype(kernel.dtype)
+
+
+conv_pieced_kernel_grad.defvjp(_forward, _backward)
