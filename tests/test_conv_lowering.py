@@ -103,3 +103,20 @@ def test_image_tower_with_pieced_kernel_gradients_has_the_same_params_outputs_an
     jax.tree_util.tree_leaves_with_path(plain[4]), jax.tree.leaves(pieced[4]), strict=True
   ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+def test_pieced_backward_counts_the_same_flops_as_the_plain_one():
+  """The backward traces no forward conv again (a vjp would: dead code XLA drops, but the
+  benchmarks' FLOP count, and so their MFU, would include it)."""
+  from benchmarks import _flops
+
+  x = jax.ShapeDtypeStruct((8, 32, 32, 4), jnp.float32)
+  weights = jax.ShapeDtypeStruct((3, 3, 4, 6), jnp.float32)
+
+  def grad_flops(fn):
+    return _flops.model_flops(jax.grad(lambda x, w: jnp.sum(fn(x, w)), argnums=(0, 1)), x, weights)
+
+  plain = grad_flops(lambda x, w: conv_lowering.conv(x, w, 2, 1))
+  pieced = grad_flops(lambda x, w: conv_lowering.conv_pieced_kernel_grad(x, w, 2, 1, 4))
+  assert plain == 3 * 2 * 8 * 16 * 16 * 3 * 3 * 4 * 6  # forward, input and kernel gradients
+  assert pieced == plain
