@@ -246,11 +246,9 @@ def early_stages_tower(config, num_stages: int) -> JoImTeRNetResNet:
   )
 
 
-def bench_early_stages(
-  config, num_stages: int, repeats: int, peak_flops: float, bandwidth: float
-) -> dict[str, float]:
-  """Forward + backward of the early stages in training mode: bytes and FLOPs XLA counts, the
-  bandwidth and compute floors they imply, and the measured time."""
+def early_stages_gradient(config, num_stages: int):
+  """(gradient function, its arguments) of the early stages' forward + backward in training mode
+  (BatchNorm statistics of the batch), on random images of the config's size and batch."""
   tower = early_stages_tower(config, num_stages)
   images = jnp.asarray(
     np.random.default_rng(0).uniform(
@@ -266,9 +264,17 @@ def bench_early_stages(
     )
     return jnp.sum(out.regions**2) + jnp.sum(out.global_emb**2)
 
-  args = (variables["params"], variables["batch_stats"], images)
-  flops = _flops.model_flops(jax.grad(loss), *args)
-  grad = jax.jit(jax.grad(loss)).lower(*args).compile()
+  return jax.grad(loss), (variables["params"], variables["batch_stats"], images)
+
+
+def bench_early_stages(
+  config, num_stages: int, repeats: int, peak_flops: float, bandwidth: float
+) -> dict[str, float]:
+  """Forward + backward of the early stages in training mode: bytes and FLOPs XLA counts, the
+  bandwidth and compute floors they imply, and the measured time."""
+  gradient, args = early_stages_gradient(config, num_stages)
+  flops = _flops.model_flops(gradient, *args)
+  grad = jax.jit(gradient).lower(*args).compile()
   moved = bytes_accessed(grad)
   seconds = _timing.time_fn(grad, *args, repeats=repeats)
   return {

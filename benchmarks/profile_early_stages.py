@@ -21,10 +21,8 @@ import re
 import tempfile
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from benchmarks.bench_train_step import configured, early_stages_tower
+from benchmarks.bench_train_step import configured, early_stages_gradient, early_stages_tower
 from jimte import hugepages
 
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(")
@@ -80,21 +78,8 @@ def main(argv=None) -> None:
   config = configured("paper", args.image_size, args.batch_size, "float32")
   if args.kernel_grad_mb is not None:
     config.model.image.conv_kernel_grad_mb = args.kernel_grad_mb
-  tower = early_stages_tower(config, 2)
-  images = jnp.asarray(
-    np.random.default_rng(0).uniform(-1, 1, (args.batch_size, args.image_size, args.image_size, 1)),
-    jnp.float32,
-  )
-  variables = tower.init(jax.random.key(0), images[:1], train=False)
-
-  def loss(params, batch_stats, images):
-    out, _ = tower.apply(
-      {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
-    )
-    return jnp.sum(out.regions**2) + jnp.sum(out.global_emb**2)
-
-  inputs = (variables["params"], variables["batch_stats"], images)
-  compiled = jax.jit(jax.grad(loss)).lower(*inputs).compile()
+  gradient, inputs = early_stages_gradient(config, 2)
+  compiled = jax.jit(gradient).lower(*inputs).compile()
   names = instructions(compiled.as_text())
   for _ in range(2):
     jax.block_until_ready(compiled(*inputs))
@@ -108,7 +93,7 @@ def main(argv=None) -> None:
   groups = collections.defaultdict(float)
   for name, ms in per_thunk.items():
     groups[kind_of(name, *names[name])] += ms
-  budget = config.model.image.conv_kernel_grad_mb
+  budget = early_stages_tower(config, 2)._kernel_grad_budget_bytes() / 1e6  # -1 resolved
   print(
     f"early stages (stem + 2 stages), {args.image_size} px, B={args.batch_size}, "
     f"kernel-gradient pieces of <= {budget:g} MB: {sum(per_thunk.values()):.0f} ms of thunks/step"

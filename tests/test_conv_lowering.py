@@ -120,3 +120,15 @@ def test_pieced_backward_counts_the_same_flops_as_the_plain_one():
   pieced = grad_flops(lambda x, w: conv_lowering.conv_pieced_kernel_grad(x, w, 2, 1, 4))
   assert plain == 3 * 2 * 8 * 16 * 16 * 3 * 3 * 4 * 6  # forward, input and kernel gradients
   assert pieced == plain
+
+
+def test_negative_budget_is_the_cpu_default_on_cpu_and_off_elsewhere(monkeypatch):
+  from jimte.models import image
+
+  tower = image.JoImTeRNetResNet(embed_dim=8, conv_kernel_grad_mb=-1.0)
+  assert tower._kernel_grad_budget_bytes() == int(image.CPU_KERNEL_GRAD_MB * 1e6)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert tower._kernel_grad_budget_bytes() == 0
+  assert image.JoImTeRNetResNet(
+    embed_dim=8, conv_kernel_grad_mb=2.5
+  )._kernel_grad_budget_bytes() == (2_500_000)

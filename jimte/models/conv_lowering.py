@@ -3,10 +3,10 @@
 XLA:CPU computes a convolution's kernel gradient as one convolution over the whole batch, after
 transposing the activation and the output gradient to a batch-minor layout. On the paper tower's
 high-resolution stages (8-32 channels) that is slow and grows faster than the batch: at 1024 px,
-batch 32, the early stages' kernel gradients and their transposes took 2.4 s of the stages' 3.0 s
-(per-thunk profile, `python -m benchmarks.profile_step`, 2026-12-07). The same gradient summed over
-pieces of a few images each keeps every piece's operands in cache. Only the order of the sums
-changes: the forward pass and the input gradient are XLA's own.
+batch 32, the early stages' kernel gradients took 1.14 s and their transposes 0.79 s of the stages'
+2.60 s of thunks, and 0.84 s and 0.40 s of 1.88 s in pieces of 16 MB (`python -m
+benchmarks.profile_early_stages`, 2026-12-07; README). Only the order of the sums changes: the
+forward pass and the input gradient are XLA's own.
 """
 
 from __future__ import annotations

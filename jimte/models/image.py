@@ -82,6 +82,11 @@ def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
   return pool_axis(pool_axis(x, 1), 2)
 
 
+# The kernel-gradient pieces' budget on CPU backends (`conv_kernel_grad_mb` < 0): the best of
+# 4-128 MB for the paper tower at 1024 px, B=32 on 2 cores (README, 2026-12-07).
+CPU_KERNEL_GRAD_MB = 16.0
+
+
 class SquareConv(nn.Module):
   """A bias-free k x k conv with PyTorch-style symmetric padding (k // 2 on each side): the
   parameter, its shape and its initialisation of `nn.Conv` ("kernel" [k, k, in, out]).
@@ -325,7 +330,8 @@ class JoImTeRNetResNet(nn.Module):
           run as one matmul (`SquareConv`; the same sums, faster on XLA:CPU); 0: never.
       conv_kernel_grad_mb: the stem's and blocks' kernel gradients summed over pieces of the
           batch of at most this many MB (10^6 bytes) of activation and output gradient per
-          device (`SquareConv`; the same sums in another order, faster on XLA:CPU); 0: never.
+          device (`SquareConv`; the same sums in another order, faster on XLA:CPU); 0: never;
+          negative: `CPU_KERNEL_GRAD_MB` on CPU backends, never on others.
       batch_shards: how many devices the batch is split over (the pieces take the same images
           from every device's share).
       anatomy_head: also embed anatomical boxes: the region grid pooled inside each box
@@ -358,7 +364,10 @@ class JoImTeRNetResNet(nn.Module):
   anatomy_head: bool = False
 
   def _kernel_grad_budget_bytes(self) -> int:
-    return int(self.conv_kernel_grad_mb * 1e6)
+    megabytes = self.conv_kernel_grad_mb
+    if megabytes < 0:  # auto: the backend is the same on every process, so is the choice
+      megabytes = CPU_KERNEL_GRAD_MB if jax.default_backend() == "cpu" else 0.0
+    return int(megabytes * 1e6)
 
   def _stage_index(self, index: int) -> int:
     """Maps a possibly negative stage index to 0..len(widths)-1, or raises."""

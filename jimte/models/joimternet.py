@@ -29,7 +29,8 @@ Model config (an `ml_collections.ConfigDict`; see `paper_model_config` and
   image.bn_momentum   float  BatchNorm running-average momentum (0.9 = PyTorch momentum 0.1)
   image.anatomy_head  bool   embed anatomical boxes too (RRA-VL, docs/alc_itr.md; paper: False)
   image.conv_kernel_grad_mb float  the convs' kernel gradients summed over pieces of the batch of at
-                             most this many MB per device (the same sums, faster on XLA:CPU; 0: off)
+                             most this many MB per device (the same sums, faster on XLA:CPU; 0: off;
+                             -1, the default: 16 on CPU backends, off on others)
   text.name           str    text tower in `TEXT_TOWERS` ("bert")
   text.vocab_size     int    must equal the SentencePiece model's vocabulary size
   text.max_len        int    longest token sequence (paper: 160)
@@ -303,10 +304,10 @@ def paper_model_config() -> ml_collections.ConfigDict:
         weight_init="original",
         bn_momentum=0.9,
         anatomy_head=False,
-        # The kernel gradients of the high-resolution stages summed over pieces of <= 16 MB per
-        # device: the same sums; the paper tower's ITM step at 1024 px, B=32 ran 8.73 -> 7.97 s
-        # on 2 CPU cores (README). Smaller inputs and batches are never cut.
-        conv_kernel_grad_mb=16.0,
+        # -1: the kernel gradients summed over pieces of <= 16 MB per device on CPU backends (the
+        # same sums; the paper tower's ITM step at 1024 px, B=32 ran 8.73 -> 7.97 s on 2 cores,
+        # README), whole elsewhere (not measured on GPU / TPU, where the pieces would serialise).
+        conv_kernel_grad_mb=-1.0,
       ),
       text=dict(
         name="bert",
