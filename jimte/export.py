@@ -554,6 +554,7 @@ def export_tfds(
   size = model.image_size
   native = uses_native_crop(model.config.data.get("augment", "none"))  # as inference's view
 
+  @tf.autograph.experimental.do_not_convert
   def prepare(example):
     row = {k: example[k] for k in ("text", "index", *TFDS_ID_KEYS) if k in example}
     if kind == "image":

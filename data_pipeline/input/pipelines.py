@@ -90,6 +90,7 @@ def _global_order_stream(
     raise ValueError(f"{source} has no examples")
   global_batch = batch_size * process_count
 
+  @tf.autograph.experimental.do_not_convert
   def fetch(host_position):
     step, row = host_position // batch_size, host_position % batch_size
     position = step * global_batch + process_index * batch_size + row
@@ -120,6 +121,7 @@ def _train_stream(
 
   if isinstance(source, RandomAccessSource):
     # A fresh permutation of the host's share each epoch, computed per position: O(1) memory.
+    @tf.autograph.experimental.do_not_convert
     def fetch(position):
       epoch, local = position // host_size, position % host_size
       key = rng_key(seed, process_index, stream, epoch)
@@ -375,7 +377,7 @@ def make_eval_batches(
     eval_native_crop=eval_native_crop,
   )
   dataset = source.as_dataset(process_index, process_count).map(
-    lambda example: process(example, example["index"]),
+    tf.autograph.experimental.do_not_convert(lambda example: process(example, example["index"])),
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )

@@ -409,6 +409,7 @@ def make_processor(
   """
   augmentation = resolve_augmentation(augmentation)
 
+  @tf.autograph.experimental.do_not_convert
   def process(example: dict[str, tf.Tensor], position: tf.Tensor) -> dict[str, tf.Tensor]:
     key = rng_key(seed, process_index, EXAMPLE_STREAM, position)
     image_key, mlm_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2))

@@ -65,6 +65,7 @@ class RandomAccessSource(Source):
       self.indexed_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
 
+  @tf.autograph.experimental.do_not_convert
   def indexed_example(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
     """Example `index` with its "index" feature added (int64)."""
     example = dict(self.get_example(index))
@@ -203,6 +204,7 @@ class DatasetSource(Source):
   def as_dataset(self, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
     check_process(process_index, process_count)
 
+    @tf.autograph.experimental.do_not_convert
     def add_index(index, example):
       return {**example, "index": index}
 
@@ -251,6 +253,7 @@ class TfdsSource(Source):
       read_config=tfds.ReadConfig(interleave_cycle_length=1, add_tfds_id=False),
     )
 
+    @tf.autograph.experimental.do_not_convert
     def add_index(offset, example):
       return {**example, "index": tf.cast(offset, tf.int64)}
 

@@ -73,6 +73,7 @@ def read_study_metadata(source: Source, batch_size: int = 1024) -> StudyMetadata
   view_key = _string_key(spec, VIEW_KEYS, source)
   image_id_key = _string_key(spec, IMAGE_ID_KEYS, source)
 
+  @tf.autograph.experimental.do_not_convert
   def pick(example):
     empty = tf.constant("", tf.string)
     return {

@@ -74,6 +74,7 @@ def as_tf_dataset(
     )
     return tuple(features[key] for key in keys)
 
+  @tf.autograph.experimental.do_not_convert
   def to_dict(index):
     """Graph-side wrapper: call `make` and restore the static shapes."""
     values = tf.numpy_function(make, [index], dtypes, stateful=False)
