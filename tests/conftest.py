@@ -13,6 +13,15 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# LLVM's optimisation level 0 for XLA:CPU's generated code (the HLO passes, fusions and library
+# convs / matmuls are the same): compiles are most of the suite's time, and on 2 cores this cut
+# tests/test_batches.py's step-equality test 53 -> 36 s and test_train + test_models 201 -> 169 s.
+# The processes the tests start inherit it (they append their device counts to XLA_FLAGS); what
+# the suite runs at O0 it compares only with runs at O0. JIMTE_TEST_XLA_OPT=1 turns it off.
+if os.environ.get("JIMTE_TEST_XLA_OPT") != "1":
+  _flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_backend_optimization_level" not in _flags:
+    os.environ["XLA_FLAGS"] = f"{_flags} --xla_backend_optimization_level=0".strip()
 
 import jax  # after the cache's settings, which jax reads at import
 import pytest

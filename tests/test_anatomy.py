@@ -17,6 +17,7 @@ from data_pipeline.labels.labeler import ReportLabeler
 from data_pipeline.names import CHEST_IMAGENOME_REGIONS, CHEXPERT_INDEX, REGION_INDEX
 from jimte.anatomy import pooling, regions, table
 from jimte.losses import anatomy as anatomy_loss
+from launch import multiprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures("true_float32_matmuls")
@@ -313,7 +314,7 @@ def eight_device_anatomy_checks() -> dict:
 
 
 def test_rra_vl_loss_sharded_over_8_devices_equals_single_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = multiprocess.process_env(8)
   env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
   code = (
     "import json; from tests import test_anatomy as t; "

@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from launch import multiprocess
+
 REPO = Path(__file__).resolve().parents[1]
 
 GLOBAL_BATCH_SCRIPT = textwrap.dedent("""
@@ -132,9 +134,7 @@ def _expect_ok(proc: subprocess.Popen) -> None:
 
 def test_to_global_batch_on_eight_simulated_devices():
   _expect_ok(
-    _run_jax(
-      GLOBAL_BATCH_SCRIPT, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    )
+    _run_jax(GLOBAL_BATCH_SCRIPT, env_extra={"XLA_FLAGS": multiprocess.process_env(8)["XLA_FLAGS"]})
   )
 
 
@@ -144,7 +144,7 @@ def test_to_global_batch_across_two_real_processes():
   with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {"XLA_FLAGS": multiprocess.process_env(2)["XLA_FLAGS"]}
   procs = [
     _run_jax(TWO_PROCESS_GLOBAL_BATCH_SCRIPT, str(port), str(i), env_extra=env) for i in range(2)
   ]
@@ -248,8 +248,6 @@ def test_two_processes_cut_their_shares_of_a_global_batch_alike(tmp_path):
   """Pod workers are never in step: process 1 starts late and falls behind again; each process's
   share uses other lengths, and both cut to the bucket of the global batch's longest report."""
   import json
-
-  from launch import multiprocess
 
   port = multiprocess.free_port()
   commands = multiprocess.process_commands(2, port, [], module="tests._trim_text_main")

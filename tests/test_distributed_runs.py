@@ -5,7 +5,6 @@ with the parameters of an uninterrupted run."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -27,13 +26,7 @@ TINY_NO_EVALS = ["--config", "configs/default.py:tiny,noevals", "--noprogress"]
 
 
 def _env(devices: int) -> dict:
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS="cpu",
-    TF_CPP_MIN_LOG_LEVEL="2",
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-  )
-  return env
+  return dict(multiprocess.process_env(devices), TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def _main(workdir, *overrides, devices=1, **popen):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from jimte import losses, sharding
+from launch import multiprocess
 from tests import reference_losses as ref
 from tests.reference_losses import REFERENCE_VALUES, reference_inputs
 
@@ -483,7 +484,7 @@ def _device_mode_reference(d, hyper):
 
 
 def test_anchor_length_sharded_over_8_devices_equals_single_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = multiprocess.process_env(8)
   env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
   code = (
     "import json; from tests import test_losses as t; "

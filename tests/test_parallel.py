@@ -18,6 +18,7 @@ import pytest
 
 from configs import common
 from jimte import losses, sharding
+from launch import multiprocess
 from tests import reference_losses as ref
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,9 +114,8 @@ EXTENDED = (
 
 
 def _run_checks(names) -> dict:
-  env = dict(os.environ)
+  env = multiprocess.process_env(8)  # the script asks for 8 devices too; other flags kept
   env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-  env.pop("XLA_FLAGS", None)  # the script sets the device count itself
   done = subprocess.run(
     [sys.executable, str(REPO / "tests" / "_parallel_checks.py"), *names],
     cwd=REPO,

@@ -62,7 +62,8 @@ def test_mismatched_index_refused_by_name():
 SHARDED_SCRIPT = textwrap.dedent(
   """
   import os
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  flags = os.environ.get("XLA_FLAGS", "")
+  os.environ["XLA_FLAGS"] = flags + " --xla_force_host_platform_device_count=8"
   import json
   import jax
   import numpy as np
