@@ -45,9 +45,29 @@ def test_pieced_kernel_gradient_equals_the_plain_conv(kernel, stride, pieces):
   )
   want = jax.grad(plain, argnums=(0, 1))(x, weights)
   got = jax.grad(pieced, argnums=(0, 1))(x, weights)
-  np.testing.assert_array_equal(got[0], want[0])  # the input gradient is XLA's own
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)  # strided: in phases
   np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-4)
   assert float(jnp.abs(want[1]).max()) > 1.0
+
+
+@pytest.mark.parametrize("kernel,stride", [(1, 2), (3, 2), (7, 4), (3, 4), (1, 4), (3, 1)])
+@pytest.mark.parametrize("size", [15, 16, 17])
+def test_conv_in_phases_and_its_transpose_equal_the_strided_conv(kernel, stride, size):
+  """The phases' stride-1 convs give the strided conv and, transposed, its input gradient."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 3, 3))
+  weights = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 5))
+  pad = kernel // 2
+  want = conv_lowering.conv(x, weights, stride, pad)
+  got = conv_lowering.conv_in_phases(x, weights, stride, pad)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  grad = jax.random.normal(jax.random.key(2), want.shape)
+  (want_x,) = jax.linear_transpose(lambda i: conv_lowering.conv(i, weights, stride, pad), x)(grad)
+  (got_x,) = jax.linear_transpose(
+    lambda i: conv_lowering.conv_in_phases(i, weights, stride, pad), x
+  )(grad)
+  np.testing.assert_allclose(got_x, want_x, rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(want_x).max()) > 1.0
 
 
 def test_pieced_kernel_gradient_in_bfloat16_is_accumulated_in_float32():
@@ -107,7 +127,7 @@ def test_image_tower_with_pieced_kernel_gradients_has_the_same_params_outputs_an
 
 def test_pieced_backward_counts_the_same_flops_as_the_plain_one():
   """The backward traces no forward conv again (a vjp would: dead code XLA drops, but the
-  benchmarks' FLOP count, and so their MFU, would include it)."""
+  benchmarks' FLOP count, and so their MFU, would include it), and no zero taps."""
   from benchmarks import _flops
 
   x = jax.ShapeDtypeStruct((8, 32, 32, 4), jnp.float32)
@@ -119,7 +139,9 @@ def test_pieced_backward_counts_the_same_flops_as_the_plain_one():
   plain = grad_flops(lambda x, w: conv_lowering.conv(x, w, 2, 1))
   pieced = grad_flops(lambda x, w: conv_lowering.conv_pieced_kernel_grad(x, w, 2, 1, 4))
   assert plain == 3 * 2 * 8 * 16 * 16 * 3 * 3 * 4 * 6  # forward, input and kernel gradients
-  assert pieced == plain
+  # The input gradient in phases also counts the products with the zero border of each phase's
+  # transposed conv (2.8% here, at 32 x 32; less on larger maps); a forward traced again: +33%.
+  assert plain <= pieced <= 1.03 * plain
 
 
 def test_negative_budget_is_the_cpu_default_on_cpu_and_off_elsewhere(monkeypatch):
